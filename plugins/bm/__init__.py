@@ -1,0 +1,1 @@
+"""vrtk plugin: bm."""

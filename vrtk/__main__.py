@@ -1,0 +1,5 @@
+import sys
+
+from vrtk.cli import main
+
+sys.exit(main())

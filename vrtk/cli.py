@@ -1,0 +1,45 @@
+"""The ``vrtk`` command: builds the parser from ``vrtk.commands.*`` and turns VrtkError into a clear message."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from vrtk import __version__
+from vrtk.errors import VrtkError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vrtk.commands import COMMAND_MODULES
+
+    parser = argparse.ArgumentParser(
+        prog="vrtk", description="Variable-rate and efficiency plugins for CompressAI-style image codecs.")
+    parser.add_argument("--version", action="version", version=f"vrtk {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # an area not built yet
+            raise
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except VrtkError as exc:
+        print(f"vrtk: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vrtk: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Coding images with a wrapped model: padding to the model's multiple, rate set around each call."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from vrtk.rate import use_rate
+
+PAD_MULTIPLE = 64  # g_a downsamples by 16 and h_a by 4 in every CompressAI image architecture
+
+
+def pad(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """Pad (N, C, H, W) on all sides to a multiple, as CompressAI's eval does; returns the padding to undo."""
+    from compressai.ops import compute_padding
+
+    h, w = x.shape[-2:]
+    padding, unpadding = compute_padding(h, w, min_div=multiple)
+    return F.pad(x, padding, mode="constant", value=0), unpadding
+
+
+def unpad(x: torch.Tensor, unpadding) -> torch.Tensor:
+    return F.pad(x, unpadding)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = F.mse_loss(a.clamp(0, 1), b.clamp(0, 1)).item()
+    return 10 * math.log10(1.0 / mse) if mse > 0 else float("inf")
+
+
+@torch.no_grad()
+def estimate_rd(net, images: list[torch.Tensor], lmbda: float | None, registry=None,
+                device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Mean likelihood bpp and mean PSNR over full images (forward pass, no entropy coding)."""
+    bpps, psnrs = [], []
+    for img in images:
+        x = img[None].to(device)
+        xp, unpadding = pad(x)
+        with use_rate(net, lmbda, registry):
+            out = net(xp)
+        bits = sum(torch.log2(lk).sum().neg() for lk in out["likelihoods"].values())
+        bpps.append(float(bits) / (x.shape[-1] * x.shape[-2]))
+        psnrs.append(psnr(unpad(out["x_hat"], unpadding), x))
+    return sum(bpps) / len(bpps), sum(psnrs) / len(psnrs)

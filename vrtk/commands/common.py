@@ -1,0 +1,51 @@
+"""Arguments shared by several subcommands (how to name a model, how to name a rate)."""
+
+from __future__ import annotations
+
+import json
+
+from vrtk.errors import ModelError
+
+
+def add_model_args(parser, positional: bool = True) -> None:
+    if positional:
+        parser.add_argument("model", help="`default`, an architecture (vrtk models), or a vrtk model folder")
+    parser.add_argument("--quality", "-q", type=int, default=None, help="quality of the base architecture")
+    parser.add_argument("--metric", default="mse", choices=["mse", "ms-ssim"])
+    parser.add_argument("--weights", default="zoo",
+                        help="zoo (CompressAI's pretrained, cached or downloaded) | random | PATH to a checkpoint")
+    parser.add_argument("--arch", default=None, help="your own CompressionModel: package.module:Class")
+    parser.add_argument("--arch-kwargs", default="{}", help='constructor arguments as JSON, e.g. \'{"N":64,"M":96}\'')
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+
+
+def parse_arch_kwargs(text: str) -> dict:
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"--arch-kwargs is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ModelError("--arch-kwargs must be a JSON object")
+    return value
+
+
+def model_name(args) -> str:
+    return args.arch or args.model
+
+
+def load_from_args(args):
+    """The model named on the command line, on the chosen device."""
+    from vrtk.model import resolve_model
+    from vrtk.train.runner import pick_device
+
+    wrapped = resolve_model(model_name(args), quality=args.quality, metric=args.metric, weights=args.weights,
+                            arch_kwargs=parse_arch_kwargs(args.arch_kwargs))
+    return wrapped.to(pick_device(args.device))
+
+
+def add_rate_args(parser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--lambda", dest="lmbda", type=float, default=None, help="rate as a Lagrange multiplier")
+    group.add_argument("--rate-quality", dest="rate_quality", type=float, default=None,
+                       help="rate as a continuous quality 1..n over the trained lambdas")
+    group.add_argument("--target-bpp", type=float, default=None, help="search the rate per image for this bpp")

@@ -1,0 +1,135 @@
+"""``vrtk models``, ``vrtk plugins`` and ``vrtk wrap``."""
+
+from __future__ import annotations
+
+import json
+
+from vrtk.commands.common import add_model_args, model_name, parse_arch_kwargs
+from vrtk.errors import PluginError
+
+
+def cmd_models(args) -> int:
+    from vrtk.zoo import DEFAULT_MODEL_NAME, default_model_info, list_archs
+
+    rows = []
+    for spec in list_archs(args.pattern):
+        rows.append({"name": spec.name, "qualities": list(spec.qualities), "paper": spec.paper,
+                     "pretrained": spec.zoo_key is not None,
+                     "sizes": {str(q): spec.sizes[q] for q in spec.qualities}})
+    if not args.pattern or args.pattern in DEFAULT_MODEL_NAME:
+        try:
+            info = default_model_info()
+            rows.append({"name": DEFAULT_MODEL_NAME, "qualities": [], "paper": f"embedded {info['arch']}",
+                         "pretrained": True, "sizes": {"-": info["arch_kwargs"]}})
+        except Exception:  # the embedded model is optional for this listing
+            pass
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no model matches {args.pattern!r}")
+        return 1
+    for row in rows:
+        q = row["qualities"]
+        qualities = f"q{q[0]}..{q[-1]}" if q else "-"
+        sizes = ", ".join(f"{k}:{'/'.join(str(v) for v in s.values())}" for k, s in row["sizes"].items())
+        weights = "zoo" if row["pretrained"] else "no weights"
+        print(f"{row['name']:<26} {qualities:<7} {weights:<10} N/M per quality {sizes}")
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    from vrtk.plugin_manager import get_registry
+
+    report = get_registry().plugins_report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for p in report["plugins"]:
+        registers = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["registers"].items()) or "-"
+        print(f"{p['name']:<12} {p['distribution'] or '-'} {p['version'] or ''}")
+        print(f"    hooks: {', '.join(p['hooks'])}")
+        print(f"    registers: {registers}")
+    for err in report["load_errors"]:
+        print(f"{err['plugin']:<12} FAILED TO LOAD ({err['distribution'] or '-'}): {err['error']}")
+    return 0
+
+
+def parse_plugin_settings(items: list[str]) -> dict[str, dict]:
+    """``--set ecg.alpha_init=0.5`` -> {"ecg": {"alpha_init": 0.5}}."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        plugin, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise PluginError(f"--set {item!r}: expected PLUGIN.KEY=VALUE")
+        out.setdefault(plugin, {})[field] = yaml.safe_load(value)
+    return out
+
+
+def cmd_wrap(args) -> int:
+    from vrtk.flops import dense_kmacs_per_pixel
+    from vrtk.injection import format_param_summary, param_summary
+    from vrtk.model import plan, save_model, trainable_setup, wrap
+    from vrtk.zoo import BaseSpec
+
+    plugins = [p.strip() for p in args.plugins.split(",") if p.strip()] if args.plugins else []
+    configs = parse_plugin_settings(args.set)
+    spec = BaseSpec(arch=model_name(args), quality=args.quality, metric=args.metric, weights=args.weights,
+                    arch_kwargs=parse_arch_kwargs(args.arch_kwargs))
+    if args.dry_run:
+        planned = plan(spec, plugins, configs)
+        if args.json:
+            print(json.dumps({"dry_run": True, "plugins": [{"plugin": n, "targets": t} for n, t in planned]},
+                             indent=2))
+        else:
+            for name, targets in planned:
+                print(f"{name}: {len(targets)} site(s)")
+                for target in targets:
+                    print(f"    {target}")
+        return 0
+    wrapped = wrap(spec, plugins, configs)
+    if plugins:
+        trainable_setup(wrapped, "plugins")
+    summary = param_summary(wrapped.net)
+    wrapped.net.update(force=True)
+    macs = dense_kmacs_per_pixel(wrapped.net, lmbda=wrapped.middle_lambda())
+    facts = {"base": spec.to_dict(), "plugins": plugins, "sites": [s.to_dict() for s in wrapped.sites],
+             **summary, "dense_kmacs_per_pixel": macs}
+    if args.output:
+        facts["saved"] = str(save_model(wrapped, args.output))
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    if wrapped.sites:
+        width = max(len(s.path) for s in wrapped.sites)
+        print(f"{'module':<{width}}  {'plugin':<8} {'kind':<14} added params")
+        for s in wrapped.sites:
+            print(f"{s.path:<{width}}  {s.plugin:<8} {s.kind:<14} {s.added_params:,}")
+    print(format_param_summary(summary))
+    print(f"dense kMACs/pixel: encoder {macs['encoder']:.2f}, decoder {macs['decoder']:.2f}")
+    if args.output:
+        print(f"saved: {facts['saved']}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("models", help="list base architectures: vrtk models [PATTERN]")
+    p.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern, e.g. '*hyper*' (- and _ alike)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("plugins", help="list installed plugins, what they register, and load errors")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("wrap", help="inject plugins into a base model and save it")
+    add_model_args(p)
+    p.add_argument("--plugins", default="", help="comma-separated, applied in this order (e.g. ecg,bm)")
+    p.add_argument("--set", action="append", default=[], metavar="PLUGIN.KEY=VALUE", help="plugin setting")
+    p.add_argument("--dry-run", action="store_true", help="only list the modules each plugin would change")
+    p.add_argument("-o", "--output", default=None, help="model folder to write")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_wrap)

@@ -1,0 +1,259 @@
+"""A wrapped model: a CompressAI-shaped base plus plugin modules, and its checkpoint on disk.
+
+A checkpoint is a folder (like peft's adapters)::
+
+    config.json        base spec (arch, sizes, weights source and hash), plugins in order with configs and
+                       versions, the trained rate range, the vrtk version, and whether the weights are a delta
+    model.safetensors  only what plugins added or fine-tuning changed (delta), or every tensor (full)
+
+Loading rebuilds the base, checks its hash, re-injects the plugins in order, loads strictly, then runs
+``update(force=True)`` so the entropy coder's tables match the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vrtk import __version__
+from vrtk.errors import ModelError, PluginError
+from vrtk.fileio import write_json_atomic, write_with_atomic
+from vrtk.injection import Site, adapters, freeze_all_but_adapters
+from vrtk.plugin_manager import Registry, get_registry
+from vrtk.zoo import BaseSpec, build_base, state_dict_sha256
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "vrtk-model"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class PluginUse:
+    name: str
+    config: dict = field(default_factory=dict)
+    version: str | None = None
+
+
+@dataclass
+class WrappedModel:
+    """The network plus what is needed to rebuild, save and explain it."""
+
+    net: nn.Module
+    base: BaseSpec
+    plugins: list[PluginUse] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list)
+    lambdas: list[float] = field(default_factory=list)  # trained rate range; [] = fixed-rate model
+    metric: str = "mse"
+    base_state: dict[int, torch.Tensor] | None = None  # storage pointer -> base value at wrap time
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def variable_rate(self) -> bool:
+        return len(self.lambdas) > 1
+
+    def middle_lambda(self) -> float | None:
+        """The geometric middle of the trained range (a sensible rate when none is asked for)."""
+        if not self.lambdas:
+            return None
+        import math
+
+        return math.exp((math.log(min(self.lambdas)) + math.log(max(self.lambdas))) / 2)
+
+    def config(self, weights_kind: str) -> dict:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "vrtk_version": __version__,
+            "base": self.base.to_dict(),
+            "plugins": [{"name": p.name, "config": p.config, "version": p.version} for p in self.plugins],
+            "sites": [s.to_dict() for s in self.sites],
+            "rate": {"lambdas": list(self.lambdas), "metric": self.metric},
+            "weights": weights_kind, "extra": self.extra,
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of every tensor the decoder depends on: a .vrtk file names the model it needs by this."""
+        return state_dict_sha256(self.net.state_dict())
+
+    def to(self, device) -> "WrappedModel":
+        self.net.to(device)
+        return self
+
+
+def wrap(base: BaseSpec, plugins: list[str] | None = None, plugin_configs: dict[str, dict] | None = None,
+         registry: Registry | None = None, net: nn.Module | None = None) -> WrappedModel:
+    """Build the base and let each named plugin inject its modules, in the order given."""
+    net = net if net is not None else build_base(base)
+    base_state = {v.data_ptr(): v.detach().clone() for v in net.state_dict().values() if v.numel()}
+    wrapped = WrappedModel(net=net, base=base, base_state=base_state, metric=base.metric)
+    return extend(wrapped, plugins or [], plugin_configs, registry=registry)
+
+
+def extend(wrapped: WrappedModel, plugins: list[str], plugin_configs: dict[str, dict] | None = None,
+           registry: Registry | None = None) -> WrappedModel:
+    """Inject more plugins into an already wrapped model (e.g. BM on top of an ECG-finetuned model)."""
+    registry = registry or get_registry()
+    plugin_configs = {k: v for k, v in (plugin_configs or {}).items()
+                      if k not in [p.name for p in wrapped.plugins]}
+    for name in plugins:
+        if name in [p.name for p in wrapped.plugins]:
+            raise PluginError(f"plugin {name!r} is listed twice")
+        injector = registry.injector(name)
+        config = injector.make_config(plugin_configs.pop(name, None))
+        sites = injector.inject(wrapped.net, config)
+        if not wrapped.lambdas and injector.rate_range(config):
+            wrapped.lambdas = sorted(float(x) for x in injector.rate_range(config))
+        info = registry.infos.get(registry.injector_owner[name])
+        wrapped.plugins.append(PluginUse(name, asdict(config), info.version if info else None))
+        wrapped.sites.extend(sites)
+    if plugin_configs:
+        raise PluginError(f"configuration given for plugins not in the list: {sorted(plugin_configs)}")
+    return wrapped
+
+
+def plan(base: BaseSpec, plugins: list[str], plugin_configs: dict[str, dict] | None = None,
+         registry: Registry | None = None) -> list[tuple[str, list[str]]]:
+    """What each plugin would change, without changing anything (``--dry-run``)."""
+    registry = registry or get_registry()
+    net = build_base(base)
+    plugin_configs = plugin_configs or {}
+    out = []
+    for name in plugins:
+        injector = registry.injector(name)
+        config = injector.make_config(plugin_configs.get(name))
+        out.append((name, injector.plan(net, config)))
+        injector.inject(net, config)  # later plugins see the earlier ones, as in a real wrap
+    return out
+
+
+def _delta_state(wrapped: WrappedModel) -> dict[str, torch.Tensor]:
+    """Tensors that are not the base's own, unchanged tensors (tracked by storage, so renames don't matter)."""
+    state = wrapped.net.state_dict()
+    if wrapped.base_state is None:
+        return state
+    delta = {}
+    for key, tensor in state.items():
+        original = wrapped.base_state.get(tensor.data_ptr()) if tensor.numel() else None
+        if original is None or original.shape != tensor.shape or not torch.equal(original, tensor):
+            delta[key] = tensor
+    return delta
+
+
+def save_model(wrapped: WrappedModel, out_dir: str | os.PathLike, full: bool | None = None) -> Path:
+    """Write the checkpoint folder atomically, file by file; a delta unless the base cannot be rebuilt."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if full is None:
+        full = wrapped.base.weights == "random" or wrapped.base_state is None
+    tensors = wrapped.net.state_dict() if full else _delta_state(wrapped)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    write_with_atomic(out_dir / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
+    write_json_atomic(out_dir / CONFIG_NAME, wrapped.config("full" if full else "delta"))
+    return out_dir
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+
+
+def load_model(path: str | os.PathLike, registry: Registry | None = None, device: str | None = None) -> WrappedModel:
+    """Rebuild a saved model: base (hash checked), plugins re-injected in order, weights loaded strictly."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not is_model_dir(path):
+        raise ModelError(f"{path}: not a vrtk model folder (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path / CONFIG_NAME}: unreadable ({exc})") from None
+    if config.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a vrtk model config")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelError(f"{path}: format version {config['format_version']} is newer than this vrtk "
+                         f"({FORMAT_VERSION}); upgrade vrtk")
+    base = BaseSpec.from_dict(config["base"])
+    full = config.get("weights") == "full"
+    expected_hash = base.weights_sha256
+    build_spec = BaseSpec.from_dict({**config["base"], "weights": "random"}) if full else base
+    if not full and base.weights == "random":
+        raise ModelError(f"{path}: a delta over random weights cannot be rebuilt")
+    net = build_base(build_spec)
+    if not full and expected_hash and build_spec.weights_sha256 != expected_hash:
+        raise ModelError(f"{path}: the base weights ({base.weights}) differ from those this model was made "
+                         f"from (sha256 {build_spec.weights_sha256[:12]} vs {expected_hash[:12]})")
+    base.weights_sha256 = expected_hash
+    plugins = [p["name"] for p in config.get("plugins", [])]
+    configs = {p["name"]: p.get("config", {}) for p in config.get("plugins", [])}
+    wrapped = wrap(base, plugins, configs, registry=registry, net=net)
+    try:
+        tensors = load_file(str(path / WEIGHTS_NAME))
+    except Exception as exc:
+        raise ModelError(f"{path / WEIGHTS_NAME}: unreadable weights ({exc})") from None
+    own = wrapped.net.state_dict()
+    unexpected = sorted(set(tensors) - set(own))
+    missing = sorted(set(own) - set(tensors)) if full else []
+    if unexpected or missing:
+        raise ModelError(f"{path}: weights do not fit the rebuilt model; unexpected: {unexpected[:8]}, "
+                         f"missing: {missing[:8]}")
+    merged = {**own, **tensors}
+    wrapped.net.load_state_dict(merged, strict=True)
+    wrapped.lambdas = [float(x) for x in config.get("rate", {}).get("lambdas", [])]
+    wrapped.metric = config.get("rate", {}).get("metric", base.metric)
+    wrapped.extra = config.get("extra", {})
+    wrapped.net.update(force=True)
+    wrapped.net.eval()
+    if device:
+        wrapped.net.to(device)
+    return wrapped
+
+
+def resolve_model(name_or_path: str, quality: int | None = None, metric: str = "mse", weights: str = "zoo",
+                  arch_kwargs: dict | None = None, registry: Registry | None = None) -> WrappedModel:
+    """A model folder, ``default``, a zoo name, or ``package.module:Class`` -> a WrappedModel (no plugins)."""
+    if is_model_dir(name_or_path):
+        return load_model(name_or_path, registry=registry)
+    spec = BaseSpec(arch=name_or_path, quality=quality, metric=metric, weights=weights,
+                    arch_kwargs=dict(arch_kwargs or {}))
+    wrapped = wrap(spec, [], registry=registry)
+    if name_or_path == "default":
+        from vrtk.zoo import default_model_info
+
+        wrapped.lambdas = [float(default_model_info()["lambda"])]
+    wrapped.net.update(force=True)
+    return wrapped
+
+
+def trainable_setup(wrapped: WrappedModel, train: str) -> None:
+    """``plugins``: only injected modules; ``all``: everything; ``decoder``: plugins + g_s; else a regex."""
+    import re
+
+    net = wrapped.net
+    if train == "all":
+        for p in net.parameters():
+            p.requires_grad_(True)
+        return
+    freeze_all_but_adapters(net)
+    if train == "plugins":
+        if not adapters(net):
+            raise PluginError("train=plugins but the model has no plugin modules")
+        return
+    pattern = r"g_s\..*" if train == "decoder" else train
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise PluginError(f"train={train!r} is not a valid regex: {exc}") from None
+    hit = False
+    for name, p in net.named_parameters():
+        if regex.fullmatch(name):
+            p.requires_grad_(True)
+            hit = True
+    if not hit and train != "decoder":
+        raise PluginError(f"train={train!r} matches no parameter")

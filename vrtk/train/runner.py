@@ -1,0 +1,383 @@
+"""The training loop behind every recipe: R + lambda * D + plugin loss terms, resumable bit for bit.
+
+Run directory::
+
+    config.yaml      the resolved RunConfig          environment.txt  pip freeze, git revision, torch version
+    metrics.jsonl    one record per log interval     last.pt          resume state (atomic)
+    model/           the trained vrtk model folder (for per-lambda runs: lambda-<value>/model/)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from vrtk.data import CropSampler, synthetic_images
+from vrtk.errors import RecipeError, TrainingError
+from vrtk.fileio import write_text_atomic, write_with_atomic
+from vrtk.model import WrappedModel, extend, is_model_dir, load_model, save_model, trainable_setup, wrap
+from vrtk.plugin_manager import get_registry
+from vrtk.rate import use_rate
+from vrtk.train.recipe import RunConfig, default_out_dir
+from vrtk.zoo import COMPRESSAI_MSE_LAMBDAS, COMPRESSAI_MSSSIM_LAMBDAS, BaseSpec
+
+RESUME_NAME = "last.pt"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lambdas_for(config: RunConfig) -> list[float]:
+    if config.lambdas:
+        return [float(x) for x in config.lambdas]
+    if config.quality is None:
+        raise RecipeError("set `lambdas` or `quality`")
+    table = COMPRESSAI_MSSSIM_LAMBDAS if config.distortion == "ms-ssim" else COMPRESSAI_MSE_LAMBDAS
+    return [table[int(config.quality) - 1]]
+
+
+def build_for_training(config: RunConfig) -> WrappedModel:
+    registry = get_registry()
+    if is_model_dir(config.model):
+        wrapped = load_model(config.model, registry=registry)
+        wrapped = extend(wrapped, [p for p in config.plugins if p not in [u.name for u in wrapped.plugins]],
+                         config.plugin_config, registry=registry)
+    else:
+        spec = BaseSpec(arch=config.model, quality=config.quality, metric=config.metric,
+                        weights=config.weights, arch_kwargs=dict(config.arch_kwargs))
+        wrapped = wrap(spec, list(config.plugins), config.plugin_config, registry=registry)
+    trainable_setup(wrapped, config.train)
+    return wrapped
+
+
+def environment_report() -> str:
+    lines = [f"python {sys.version.split()[0]}", f"torch {torch.__version__}"]
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent).stdout.strip()
+        lines.append(f"git {rev or 'unknown'}")
+    except (OSError, subprocess.SubprocessError):
+        lines.append("git unknown")
+    try:
+        freeze = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True,
+                                timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        freeze = "(pip freeze unavailable)\n"
+    return "\n".join(lines) + "\n\n" + freeze
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size())
+
+
+class Trainer:
+    """One training run at one lambda set. ``run()`` trains to ``config.steps`` and saves the model."""
+
+    def __init__(self, config: RunConfig, out_dir: Path, lambdas: list[float], resume: bool, progress: bool = True):
+        self.config, self.out, self.lambdas, self.progress = config, out_dir, lambdas, progress
+        self.device = pick_device(config.device)
+        self.dist = init_distributed(self.device)
+        torch.manual_seed(config.seed)
+        self.wrapped = build_for_training(config)
+        self.wrapped.lambdas = sorted(lambdas)
+        self.wrapped.metric = config.distortion
+        self.net = self.wrapped.net.to(self.device).train()
+        self.registry = get_registry()
+        self.forward_net = self._maybe_ddp(self.net)
+        self.sampler = self._make_sampler()
+        self.gen = torch.Generator().manual_seed(config.seed * 1000 + self.dist.rank)
+        self.optimizer, self.aux_optimizer = self._make_optimizers()
+        self.scheduler = self._make_scheduler()
+        self.ema = self._make_ema()
+        from compressai.losses import RateDistortionLoss
+
+        self.criterion = RateDistortionLoss(lmbda=lambdas[0], metric=config.distortion)
+        self.step = 0
+        if resume and (out_dir / RESUME_NAME).is_file():
+            self._load_resume(out_dir / RESUME_NAME)
+
+    # -- setup -------------------------------------------------------------------------------------------
+    def _maybe_ddp(self, net):
+        if self.dist.world <= 1:
+            return net
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True)
+
+    def _make_sampler(self) -> CropSampler:
+        cfg = self.config
+        if cfg.synthetic:
+            size = max(cfg.crop * 2, 96)
+            return CropSampler(synthetic_images(cfg.synthetic, size, size, seed=cfg.seed), cfg.crop)
+        return CropSampler.from_folder(cfg.data, cfg.crop, tuple(cfg.downscales))
+
+    def _make_optimizers(self):
+        from timm.optim import create_optimizer_v2
+
+        main = [p for n, p in self.net.named_parameters() if p.requires_grad and not n.endswith("quantiles")]
+        aux = [p for n, p in self.net.named_parameters() if n.endswith("quantiles")]
+        if not main:
+            raise TrainingError("nothing to train: no parameter requires a gradient")
+        opt = create_optimizer_v2(main, opt=self.config.opt, lr=self.config.lr,
+                                  weight_decay=self.config.weight_decay)
+        aux_opt = torch.optim.Adam(aux, lr=self.config.aux_lr) if aux else None
+        for p in aux:
+            p.requires_grad_(True)
+        return opt, aux_opt
+
+    def _make_scheduler(self):
+        from timm.scheduler import create_scheduler_v2
+
+        cfg = self.config
+        if cfg.sched in ("constant", "none") and not cfg.warmup_steps:
+            return None
+        sched, _ = create_scheduler_v2(
+            self.optimizer, sched=cfg.sched, num_epochs=cfg.steps, min_lr=cfg.min_lr,
+            warmup_epochs=cfg.warmup_steps, warmup_lr=cfg.lr / 10, decay_epochs=cfg.decay_fraction,
+            step_on_epochs=False, updates_per_epoch=1)
+        return sched
+
+    def _make_ema(self):
+        if not self.config.ema:
+            return None
+        from timm.utils import ModelEmaV3
+
+        return ModelEmaV3(self.net, decay=self.config.ema)
+
+    # -- resume ------------------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        state = {"step": self.step, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+        if self.aux_optimizer is not None:
+            state["aux_optimizer"] = self.aux_optimizer.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        return state
+
+    def save_resume(self) -> None:
+        if self.dist.main:
+            state = self._state()
+            write_with_atomic(self.out / RESUME_NAME, lambda tmp: torch.save(state, tmp))
+
+    def _load_resume(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:
+            raise TrainingError(f"{path}: cannot resume from this checkpoint ({exc})") from None
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.aux_optimizer is not None and "aux_optimizer" in state:
+            self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        if self.ema is not None and "ema" in state:
+            self.ema.module.load_state_dict(state["ema"])
+        self.gen.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.step = int(state["step"])
+
+    # -- one step ----------------------------------------------------------------------------------------
+    def _pick_lambdas(self) -> list[float]:
+        if len(self.lambdas) == 1 or self.config.lambda_mode == "sum":
+            return list(self.lambdas)
+        idx = int(torch.randint(0, len(self.lambdas), (1,), generator=self.gen))
+        return [self.lambdas[idx]]
+
+    def train_step(self) -> dict:
+        x = self.sampler.sample(self.config.batch, self.gen).to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        record: dict = {}
+        for lmbda in self._pick_lambdas():
+            with use_rate(self.net, lmbda, self.registry):
+                out = self.forward_net(x)
+            self.criterion.lmbda = lmbda
+            rd = self.criterion(out, x)
+            loss = rd["loss"]
+            for plugin, terms in self.registry.call("vrtk_loss_terms", model=self.net, step=self.step):
+                for name, value in terms.items():
+                    loss = loss + value
+                    record[f"loss/{plugin}/{name}"] = float(value.detach())
+            total = total + loss
+            record.update(lmbda=lmbda, bpp=float(rd["bpp_loss"].detach()))
+            if "mse_loss" in rd:
+                mse = float(rd["mse_loss"].detach())
+                record["psnr"] = 10 * math.log10(1.0 / max(mse, 1e-12))
+            else:
+                record["ms_ssim"] = float(rd["ms_ssim_loss"].detach())
+        if not torch.isfinite(total):
+            raise TrainingError(f"loss is {float(total)} at step {self.step}; stopped. The last good checkpoint "
+                                f"({self.out / RESUME_NAME}) is kept; try a lower lr or clip.")
+        total.backward()
+        if self.config.clip:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.config.clip)
+        self.optimizer.step()
+        if self.aux_optimizer is not None:
+            self.aux_optimizer.zero_grad(set_to_none=True)
+            aux = self.net.aux_loss()
+            aux.backward()
+            self._sync_aux_grads()
+            self.aux_optimizer.step()
+            record["aux"] = float(aux.detach())
+        if self.ema is not None:
+            self.ema.update(self.net, step=self.step)
+        self.step += 1
+        if self.scheduler is not None:
+            self.scheduler.step_update(self.step)
+        record.update(step=self.step, loss=float(total.detach()), lr=self.optimizer.param_groups[0]["lr"])
+        for _, stats in self.registry.call("vrtk_layer_stats", model=self.net):
+            record.update(stats)
+        return record
+
+    def _sync_aux_grads(self) -> None:
+        if self.dist.world <= 1:
+            return
+        import torch.distributed as dist
+
+        for group in self.aux_optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.dist.world
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        cfg = self.config
+        if self.scheduler is not None:
+            self.scheduler.step_update(self.step)
+        bar = None
+        if self.progress and self.dist.main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=self.out.name, dynamic_ncols=True, file=sys.stderr)
+        log = open(self.out / "metrics.jsonl", "a") if self.dist.main else None
+        started = time.monotonic()
+        try:
+            while self.step < cfg.steps:
+                record = self.train_step()
+                if bar is not None:
+                    bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    record["elapsed_s"] = round(time.monotonic() - started, 2)
+                    if cfg.val_every and self.step % cfg.val_every == 0:
+                        record.update(self.validate())
+                    if log:
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                    if bar is not None:
+                        bar.set_postfix(_postfix(record))
+                if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    self.save_resume()
+        finally:
+            if bar is not None:
+                bar.close()
+            if log:
+                log.close()
+        return self.finish()
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Likelihood bpp and PSNR on a few full validation images (padded), at each trained lambda."""
+        if not self.config.val_data:
+            return {}
+        from vrtk.codec import estimate_rd
+        from vrtk.images import list_images, load_image
+
+        images = [load_image(p).tensor for p in list_images(self.config.val_data)[: self.config.val_images]]
+        self.net.eval()
+        out = {}
+        for lmbda in self.lambdas:
+            bpp, psnr = estimate_rd(self.net, images, lmbda, self.registry, self.device)
+            out[f"val/bpp@{lmbda:g}"], out[f"val/psnr@{lmbda:g}"] = bpp, psnr
+        self.net.train()
+        return out
+
+    def finish(self) -> Path:
+        model_dir = self.out / "model"
+        if self.dist.main:
+            net = self.ema.module if self.ema is not None else self.net
+            if net is not self.net:
+                self.net.load_state_dict(net.state_dict())
+            self.net.eval()
+            self.net.update(force=True)
+            self.wrapped.extra["training"] = {"recipe": self.config.recipe, "profile": self.config.profile,
+                                              "steps": self.step, "lambdas": self.lambdas}
+            save_model(self.wrapped, model_dir)
+        return model_dir
+
+
+def _postfix(record: dict) -> dict:
+    keys = ("loss", "bpp", "psnr", "lmbda")
+    out = {k: f"{record[k]:.4g}" for k in keys if k in record}
+    sparsity = [v for k, v in record.items() if k.endswith("/sparsity")]
+    if sparsity:
+        out["sparsity"] = f"{sum(sparsity) / len(sparsity):.2f}"
+    return out
+
+
+def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
+    out = Path(config.out or default_out_dir(config))
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise RecipeError(f"run directory {out} already exists; pass --resume to continue it, or out=NEW_DIR")
+    if resume and not (out / "config.yaml").is_file():
+        raise RecipeError(f"--resume: {out} holds no run to continue")
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        mine = {**config.to_dict(), "out": str(out)}
+        changed = sorted(k for k in mine if saved.get(k) != mine[k] and k not in ("steps", "out"))
+        if changed:
+            raise RecipeError(f"--resume with settings that differ from the run's config.yaml: {changed}")
+    else:
+        write_text_atomic(out / "config.yaml", yaml.safe_dump({**config.to_dict(), "out": str(out)},
+                                                              sort_keys=False))
+        write_text_atomic(out / "environment.txt", environment_report())
+    return out
+
+
+def run_recipe(config: RunConfig, resume: bool = False, progress: bool = True) -> list[Path]:
+    """Run a resolved recipe; returns the model folders it produced."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = prepare_run_dir(config, resume)
+    lambdas = lambdas_for(config)
+    if not config.per_lambda:
+        return [Trainer(config, out, lambdas, resume, progress).run()]
+    results = []
+    for lmbda in lambdas:
+        sub = out / f"lambda-{lmbda:g}"
+        sub.mkdir(exist_ok=True)
+        if (sub / "model" / "config.json").is_file():
+            results.append(sub / "model")
+            continue
+        results.append(Trainer(config, sub, [lmbda], resume=True, progress=progress).run())
+    return results
