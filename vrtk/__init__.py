@@ -6,3 +6,12 @@ __version__ = "0.1.0"
 
 # CompressAI imports torch.jit.script at import time, which warns on every command.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit.*")
+
+
+def __getattr__(name):
+    """``vrtk.compress`` / ``vrtk.decompress`` load torch only when first used (``import vrtk`` stays light)."""
+    if name in ("compress", "decompress"):
+        from vrtk import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'vrtk' has no attribute {name!r}")

@@ -194,7 +194,7 @@ def load_model(path: str | os.PathLike, registry: Registry | None = None, device
     configs = {p["name"]: p.get("config", {}) for p in config.get("plugins", [])}
     wrapped = wrap(base, plugins, configs, registry=registry, net=net)
     try:
-        tensors = load_file(str(path / WEIGHTS_NAME))
+        tensors = {k: v.clone() for k, v in load_file(str(path / WEIGHTS_NAME)).items()}
     except Exception as exc:
         raise ModelError(f"{path / WEIGHTS_NAME}: unreadable weights ({exc})") from None
     own = wrapped.net.state_dict()

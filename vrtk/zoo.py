@@ -170,9 +170,10 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
     """A hash of tensor names, dtypes, shapes and values (float32), independent of file format."""
     digest = hashlib.sha256()
     for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        if tensor.is_floating_point():
-            tensor = tensor.float()
+        tensor = state[key].detach().cpu()
+        # A copy: numpy() on the module's own tensor would make its storage non-resizable.
+        tensor = tensor.float() if tensor.is_floating_point() else tensor
+        tensor = tensor.clone().contiguous()
         digest.update(key.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.numpy().tobytes())
@@ -195,7 +196,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return _owned(load_file(str(path)))
         except Exception as exc:  # safetensors raises its own error types
             raise ModelError(f"{path}: not a valid safetensors file ({exc})") from None
     try:
@@ -212,7 +213,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"{path}: not a state_dict (expected a mapping of names to tensors, or a training "
                          "checkpoint holding one under 'state_dict' or 'network')")
-    return rename_compressai_keys(obj)
+    return _owned(rename_compressai_keys(obj))
+
+
+def _owned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies with their own resizable storage: CompressAI resizes entropy-model buffers in place on load."""
+    return {k: v.clone() for k, v in state.items()}
 
 
 def zoo_url(spec: ArchSpec, metric: str, quality: int) -> str:
@@ -263,19 +269,22 @@ def default_model_info() -> dict:
     return json.loads(meta.read_text())
 
 
-def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], what: str, arch: ArchSpec | None = None,
+                kwargs: dict | None = None) -> None:
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
     shape = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in sorted(set(own) & set(state))
-             if own[k].shape != state[k].shape and not _is_cdf_buffer(k)]
+             for k in own if k in state and own[k].shape != state[k].shape and not _is_cdf_buffer(k)]
     if not (missing or extra or shape):
         return
     lines = [f"the checkpoint does not fit {what}."]
     guess = guess_arch(state)
     if guess and canonical_name(guess) not in canonical_name(what):
-        lines.append(f"Its keys look like a {guess} checkpoint.")
+        lines.append(f"Its keys and shapes look like a {guess} checkpoint.")
+    elif arch is not None and infer_sizes(arch, state) and infer_sizes(arch, state) != kwargs:
+        found = ", ".join(f"{k}={v}" for k, v in infer_sizes(arch, state).items())
+        lines.append(f"Its sizes are {found}: drop --quality, or pass --arch-kwargs with these sizes.")
     for title, items in (("missing keys", missing), ("unexpected keys", extra), ("size mismatches", shape)):
         if items:
             shown = ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
@@ -289,11 +298,16 @@ def _is_cdf_buffer(key: str) -> bool:
 
 
 def guess_arch(state: dict[str, torch.Tensor]) -> str | None:
-    """Which known architecture has exactly these key names (sizes aside)."""
-    names = set(state)
+    """Which known architecture, at the sizes the checkpoint implies, has exactly these keys and shapes."""
     for spec in _compressai_archs().values():
-        kwargs = {k: 8 for k in spec.kwargs_for(spec.qualities[0])}
-        if set(spec.factory(**kwargs).state_dict()) == names:
+        sizes = infer_sizes(spec, state)
+        if not sizes:
+            continue
+        try:
+            own = spec.factory(**sizes).state_dict()
+        except Exception:  # sizes this architecture cannot be built with
+            continue
+        if set(own) == set(state) and all(own[k].shape == state[k].shape for k in own if not _is_cdf_buffer(k)):
             return spec.name
     return None
 
@@ -342,7 +356,7 @@ def build_base(spec: BaseSpec) -> nn.Module:
         state = read_state_dict(spec.weights)
     if state is not None:
         described = f"{arch_name} {json.dumps(kwargs)}"
-        _check_fits(model, state, described)
+        _check_fits(model, state, described, None if ":" in spec.arch else get_arch(spec.arch), kwargs)
         model.load_state_dict(state)
         spec.weights_sha256 = state_dict_sha256(model.state_dict())
     spec.arch_kwargs = dict(kwargs)
@@ -356,7 +370,7 @@ def _build_default(spec: BaseSpec) -> nn.Module:
 
     arch = get_arch(info["arch"])
     model = arch.factory(**info["arch_kwargs"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    state = {k: (v.float() if v.is_floating_point() else v).clone() for k, v in load_file(str(weights)).items()}
     _check_fits(model, state, f"the default model ({info['arch']})")
     model.load_state_dict(state)
     spec.arch_kwargs = dict(info["arch_kwargs"])

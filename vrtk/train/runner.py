@@ -48,16 +48,27 @@ def lambdas_for(config: RunConfig) -> list[float]:
     return [table[int(config.quality) - 1]]
 
 
-def build_for_training(config: RunConfig) -> WrappedModel:
+def plugin_configs_for(config: RunConfig, lambdas: list[float], registry) -> dict:
+    """Rate plugins take the run's lambdas unless the recipe set theirs (convention: a ``lambdas`` config field)."""
+    configs = {k: dict(v or {}) for k, v in (config.plugin_config or {}).items()}
+    for name in config.plugins:
+        fields = getattr(registry.injector(name).config_class, "__dataclass_fields__", {})
+        if "lambdas" in fields and "lambdas" not in configs.get(name, {}):
+            configs.setdefault(name, {})["lambdas"] = list(lambdas)
+    return configs
+
+
+def build_for_training(config: RunConfig, lambdas: list[float]) -> WrappedModel:
     registry = get_registry()
+    plugin_config = plugin_configs_for(config, lambdas, registry)
     if is_model_dir(config.model):
         wrapped = load_model(config.model, registry=registry)
         wrapped = extend(wrapped, [p for p in config.plugins if p not in [u.name for u in wrapped.plugins]],
-                         config.plugin_config, registry=registry)
+                         plugin_config, registry=registry)
     else:
         spec = BaseSpec(arch=config.model, quality=config.quality, metric=config.metric,
                         weights=config.weights, arch_kwargs=dict(config.arch_kwargs))
-        wrapped = wrap(spec, list(config.plugins), config.plugin_config, registry=registry)
+        wrapped = wrap(spec, list(config.plugins), plugin_config, registry=registry)
     trainable_setup(wrapped, config.train)
     return wrapped
 
@@ -107,14 +118,14 @@ class Trainer:
         self.device = pick_device(config.device)
         self.dist = init_distributed(self.device)
         torch.manual_seed(config.seed)
-        self.wrapped = build_for_training(config)
+        self.wrapped = build_for_training(config, lambdas)
         self.wrapped.lambdas = sorted(lambdas)
         self.wrapped.metric = config.distortion
         self.net = self.wrapped.net.to(self.device).train()
         self.registry = get_registry()
         self.forward_net = self._maybe_ddp(self.net)
         self.sampler = self._make_sampler()
-        self.gen = torch.Generator().manual_seed(config.seed * 1000 + self.dist.rank)
+        self.gen = torch.Generator()
         self.optimizer, self.aux_optimizer = self._make_optimizers()
         self.scheduler = self._make_scheduler()
         self.ema = self._make_ema()
@@ -177,7 +188,7 @@ class Trainer:
     # -- resume ------------------------------------------------------------------------------------------
     def _state(self) -> dict:
         state = {"step": self.step, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state()}
+                 "torch_rng": torch.get_rng_state()}
         if self.aux_optimizer is not None:
             state["aux_optimizer"] = self.aux_optimizer.state_dict()
         if self.ema is not None:
@@ -200,7 +211,6 @@ class Trainer:
             self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         if self.ema is not None and "ema" in state:
             self.ema.module.load_state_dict(state["ema"])
-        self.gen.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         self.step = int(state["step"])
 
@@ -211,7 +221,12 @@ class Trainer:
         idx = int(torch.randint(0, len(self.lambdas), (1,), generator=self.gen))
         return [self.lambdas[idx]]
 
+    def _seed_step(self) -> None:
+        """Batches and lambdas depend only on (seed, rank, step): resume and DDP need no generator state."""
+        self.gen.manual_seed(hash((self.config.seed, self.dist.rank, self.step)) & 0x7FFF_FFFF_FFFF_FFFF)
+
     def train_step(self) -> dict:
+        self._seed_step()
         x = self.sampler.sample(self.config.batch, self.gen).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
@@ -234,7 +249,7 @@ class Trainer:
             else:
                 record["ms_ssim"] = float(rd["ms_ssim_loss"].detach())
         if not torch.isfinite(total):
-            raise TrainingError(f"loss is {float(total)} at step {self.step}; stopped. The last good checkpoint "
+            raise TrainingError(f"loss is {float(total.detach())} at step {self.step}; stopped. The last good checkpoint "
                                 f"({self.out / RESUME_NAME}) is kept; try a lower lr or clip.")
         total.backward()
         if self.config.clip:
@@ -253,7 +268,8 @@ class Trainer:
         self.step += 1
         if self.scheduler is not None:
             self.scheduler.step_update(self.step)
-        record.update(step=self.step, loss=float(total.detach()), lr=self.optimizer.param_groups[0]["lr"])
+        record.update(step=self.step, loss=float(total.detach()), lr=self.optimizer.param_groups[0]["lr"],
+                      world_size=self.dist.world)
         for _, stats in self.registry.call("vrtk_layer_stats", model=self.net):
             record.update(stats)
         return record
@@ -364,20 +380,35 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     return out
 
 
+def _barrier(dist_info: DistInfo) -> None:
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def run_recipe(config: RunConfig, resume: bool = False, progress: bool = True) -> list[Path]:
     """Run a resolved recipe; returns the model folders it produced."""
     if config.threads:
         torch.set_num_threads(config.threads)
-    out = prepare_run_dir(config, resume)
+    dist_info = init_distributed(pick_device(config.device))
+    if dist_info.main:
+        out = prepare_run_dir(config, resume)
+    _barrier(dist_info)
+    if not dist_info.main:
+        out = Path(config.out or default_out_dir(config))
     lambdas = lambdas_for(config)
     if not config.per_lambda:
-        return [Trainer(config, out, lambdas, resume, progress).run()]
+        produced = [Trainer(config, out, lambdas, resume, progress).run()]
+        return produced if dist_info.main else []
     results = []
     for lmbda in lambdas:
         sub = out / f"lambda-{lmbda:g}"
         sub.mkdir(exist_ok=True)
+        _barrier(dist_info)
         if (sub / "model" / "config.json").is_file():
             results.append(sub / "model")
             continue
         results.append(Trainer(config, sub, [lmbda], resume=True, progress=progress).run())
-    return results
+        _barrier(dist_info)
+    return results if dist_info.main else []

@@ -1,0 +1,248 @@
+"""The energy gate and the gated convolution it feeds (Yin et al., "Universal Efficient Variable-Rate Neural Image
+Compression").
+
+::
+
+    x ──┬─────────────────────────────── x * mask ──> base_layer (the unchanged Conv2d / ConvTranspose2d)
+        └─ x^2 ─┬─ GAP ─ Conv1d_k ─ sigmoid = omega        ^
+                │                    th = omega * alpha  (* mean(x^2) if energy_relative) * scale
+                └──────────── z = x^2 - th ── mask = 1[z > 0]   (training: STE or soft sigmoid(eps * z))
+
+The comparison is strict (design.md's 1[x^2 - th > 0]; the issue writes >=): the two differ only where x^2 == th,
+e.g. x = 0 with th = 0, where the output is the same, and the strict form counts zero inputs as zeroed in the
+reported sparsity.
+
+The mask depends only on the layer's input, so the decoder, which sees the same input, computes the same masks:
+compress -> decompress reproduces forward's reconstruction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vrtk_plugins.ecg.config import EcgConfig
+from vrtk_plugins.ecg.sparse import apply_tile_mask, sparse_conv, supported, tile_sumsq
+
+from vrtk.injection import Adapter
+
+TINY = 1e-20
+
+
+def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
+    """ECA's odd kernel size |(log2 C + b) / gamma| (k = 5 for C in 128..320, 3 for tiny test models)."""
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return max(t if t % 2 else t + 1, 1)
+
+
+class EnergyGate(nn.Module):
+    """Zeroes the elements of x whose energy x^2 falls below a per-image, per-channel threshold.
+
+    With ``config.gate_tile = T`` the energy compared is the mean of x^2 over each T x T tile of a channel, and the
+    whole tile is kept or zeroed (structured zeros the sparse path can skip).
+    """
+
+    def __init__(self, channels: int, config: EcgConfig):
+        super().__init__()
+        k = eca_kernel_size(channels)
+        self.config = config
+        self.tile = int(config.gate_tile)
+        # ECA's Conv1d over the channel axis, kept as a bare weight (initialised as nn.Conv1d would be) so that code
+        # scanning a model for convolutions (placement, FLOPs, `out_channels` lookups) never mistakes it for one.
+        self.eca_weight = nn.Parameter(torch.empty(1, 1, k))
+        nn.init.kaiming_uniform_(self.eca_weight, a=math.sqrt(5))
+        self.alpha = nn.Parameter(torch.full((channels,), float(config.alpha_init)))
+        # False until the data-dependent init ran (only when init_sparsity is set); saved, so a reload keeps alpha.
+        self.register_buffer("initialized", torch.tensor(config.init_sparsity is None))
+        self.scale = 1.0  # the compute knob (ecg.scale): a plain attribute, so the state_dict is unchanged
+        self.last_sparsity: float | None = None  # share of inputs the last forward's hard mask zeroed
+        self.last_tile_mask: torch.Tensor | None = None  # (N, C, tiles_h, tiles_w) of the last eval forward
+        self.last_sparsity_for_loss: torch.Tensor | None = None
+
+    @property
+    def kernel_size(self) -> int:
+        return self.eca_weight.shape[-1]
+
+    def omega(self, energy: torch.Tensor) -> torch.Tensor:
+        """sigmoid(Conv1d_k(GAP(x^2))) over the channel axis, (N, C) -> (N, C)."""
+        k = self.kernel_size
+        return torch.sigmoid(F.conv1d(energy.unsqueeze(1), self.eca_weight, padding=k // 2).squeeze(1))
+
+    def threshold(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(th, energy), both (N, C): th = omega * alpha [* energy] * scale."""
+        energy = x2.mean(dim=(-2, -1))
+        return self._threshold_from(energy), energy
+
+    def _threshold_from(self, energy: torch.Tensor) -> torch.Tensor:
+        th = self.omega(energy) * self.alpha
+        if self.config.energy_relative:
+            th = th * energy
+        if self.scale != 1.0:
+            th = th * self.scale
+        return th
+
+    def statistic(self, x2: torch.Tensor) -> torch.Tensor:
+        """What training compares with the threshold: x^2 itself, or its mean over each tile (partial tiles at the
+        edge are averaged over their valid part)."""
+        if not self.tile:
+            return x2
+        return F.avg_pool2d(x2, self.tile, ceil_mode=True)
+
+    def expand(self, m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """A per-tile mask back at full resolution."""
+        if not self.tile:
+            return m
+        h, w = like.shape[-2:]
+        return m.repeat_interleave(self.tile, dim=-2).repeat_interleave(self.tile, dim=-1)[..., :h, :w]
+
+    def hard_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """The boolean mask eval and real coding use (full resolution)."""
+        with torch.no_grad():
+            if self.tile:
+                _, tile_mask = self.gate_eval(x, apply=False)
+                return self.expand(tile_mask, x)
+            return self.gate_eval(x)[0] != 0  # element mode: zero inputs are zeroed unless th <= 0
+
+    def tile_energy(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean x^2 of each T x T tile (N, C, tiles_h, tiles_w), mean x^2 of each channel (N, C)).
+
+        When T divides H and W this never materialises x^2 (a reduction over a view), which matters on CPU:
+        the gate is pure memory traffic next to the convolution it feeds.
+        """
+        h, w, t = x.shape[-2], x.shape[-1], self.tile
+        sums = tile_sumsq(x, t)
+        if sums is not None:
+            return sums / (t * t), sums.sum(dim=(-2, -1)) / (h * w)
+        x2 = x * x
+        return F.avg_pool2d(x2, t, ceil_mode=True), x2.mean(dim=(-2, -1))
+
+    def _tile_areas(self, x: torch.Tensor) -> torch.Tensor:
+        h, w, t = x.shape[-2], x.shape[-1], self.tile
+        rows = torch.full(((h + t - 1) // t,), float(t), device=x.device)
+        cols = torch.full(((w + t - 1) // t,), float(t), device=x.device)
+        rows[-1], cols[-1] = h - t * (len(rows) - 1), w - t * (len(cols) - 1)
+        return rows[:, None] * cols[None, :]
+
+    @torch.no_grad()
+    def gate_eval(self, x: torch.Tensor, apply: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hard gating for eval and coding: (x * mask, or x itself when ``apply`` is False; the tile mask).
+
+        One code path for forward, compress and decompress, so encoder and decoder compute identical masks.
+        """
+        if self.tile:
+            stat, energy = self.tile_energy(x)
+            th = self._threshold_from(energy)
+            tile_mask = stat > th[..., None, None]
+            areas = self._tile_areas(x)
+            kept = float((tile_mask * areas).sum()) / (float(areas.sum()) * x.shape[0] * x.shape[1])
+            self.last_sparsity = 1.0 - kept
+            self.last_tile_mask = tile_mask
+            if not apply:
+                return x, tile_mask
+            return apply_tile_mask(x, tile_mask, self.tile), tile_mask
+        x2 = x * x
+        th = self._threshold_from(x2.mean(dim=(-2, -1)))
+        x2.gt_(th[..., None, None])  # x2 now holds the 0/1 mask: one temporary for the whole gate
+        self.last_sparsity = 1.0 - float(x2.mean())
+        self.last_tile_mask = None
+        return x2.mul_(x), None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.gate_eval(x)[0]
+        if not bool(self.initialized):
+            self.init_alpha(x, float(self.config.init_sparsity), self.config.init_scope)
+        x2 = x * x
+        th, energy = self.threshold(x2)
+        z = self.statistic(x2) - th[..., None, None]
+        hard = z > 0
+        self.last_tile_mask = None
+        temperature = (energy.detach()[..., None, None] + TINY) if self.config.eps_relative else 1.0
+        soft = self.expand(torch.sigmoid(self.config.eps * z / temperature), x)
+        hard_f = self.expand(hard, x).to(x.dtype)
+        mask = hard_f + soft - soft.detach() if self.config.estimator == "ste" else soft
+        # Measured zero fraction of the hard gate (what eval runs), with the soft mask's gradient (for the loss).
+        hard_zero = 1.0 - hard_f.mean()
+        soft_zero = 1.0 - soft.mean()
+        self.last_sparsity_for_loss = hard_zero + soft_zero - soft_zero.detach()
+        self.last_sparsity = float(hard_zero)
+        return x * mask
+
+    @torch.no_grad()
+    def init_alpha(self, x: torch.Tensor, sparsity: float, scope: str = "channel") -> None:
+        """Set alpha so that ``sparsity`` of this batch's inputs are zeroed, per channel or for the whole layer.
+
+        Element (n, c, h, w) is zeroed iff stat <= omega * alpha [* energy] * scale, i.e. iff the ratio
+        stat / (omega [* energy] * scale) <= alpha (stat = x^2, or its tile mean); alpha is that ratio's quantile.
+        """
+        x = x.detach()
+        x2 = x * x
+        energy = x2.mean(dim=(-2, -1))
+        omega = self.omega(energy)
+        denom = omega * (energy if self.config.energy_relative else 1.0) * self.scale
+        ratio = self.expand(self.statistic(x2), x) / denom.clamp_min(TINY)[..., None, None]
+        if scope == "layer":
+            values = ratio.reshape(1, -1)
+        else:
+            values = ratio.transpose(0, 1).reshape(ratio.shape[1], -1)
+        k = min(int(round(sparsity * values.shape[1])), values.shape[1])
+        if k == 0:  # zero inputs stay zeroed (strict comparison), nothing else
+            alpha = torch.zeros(values.shape[0], dtype=self.alpha.dtype, device=values.device)
+        else:
+            alpha = values.kthvalue(k, dim=1).values.to(self.alpha.dtype)
+        self.alpha.copy_(alpha.expand_as(self.alpha))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.alpha)
+            self.alpha /= torch.distributed.get_world_size()
+        self.initialized.fill_(True)
+
+
+class EcgConv(Adapter):
+    """A convolution whose input passes an :class:`EnergyGate` first; the convolution is kept as ``base_layer``."""
+
+    plugin_name = "ecg"
+
+    def __init__(self, base_layer: nn.Conv2d | nn.ConvTranspose2d, config: EcgConfig):
+        super().__init__()
+        self.gate = EnergyGate(base_layer.in_channels, config)
+        self.base_layer = base_layer  # registered last: code reading a transform's last `out_channels` finds it
+        self.sparse = False  # ecg.sparse: the tiled channel-skipping inference path (same result, less work)
+        self.tile = None  # tile size of the sparse path (None: the gate's tile, else sparse.DEFAULT_TILE)
+        self._conv_ran_sparse = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._conv_ran_sparse = self.sparse and not self.training
+        if not self._conv_ran_sparse:
+            return self.base_layer(self.gate(x))
+        tile = self.tile or self.gate.tile or None
+        on_gate_tiles = bool(self.gate.tile) and tile == self.gate.tile
+        # On the gate's own tiles the sparse loops read only live (tile, channel) blocks of x, so the mask need
+        # not even be applied (a full read and write of x saved).
+        lazy = on_gate_tiles and supported(self.base_layer)
+        gated, tile_mask = self.gate.gate_eval(x, apply=not lazy)
+        return sparse_conv(self.base_layer, gated, tile, tile_mask=tile_mask if on_gate_tiles else None,
+                           unmasked=lazy)
+
+    def vrtk_macs(self, inputs, output) -> tuple[int, int]:
+        """Gate overhead (x^2 + GAP, compare, mask: 3 ops per element; Conv1d; sigmoid and scaling per channel).
+
+        The convolution itself is counted by vrtk.flops from the masked input its own hook sees; on the sparse path
+        that hook does not fire, so the convolution is counted here, from the same masked input.
+        """
+        from vrtk.flops import conv_macs
+
+        x = inputs[0]
+        n, c = x.shape[:2]
+        overhead = 3 * x.numel() + n * c * self.gate.kernel_size + 3 * n * c
+        dense = effective = overhead
+        if self._conv_ran_sparse:
+            d, e = conv_macs(self.base_layer, x * self.gate.hard_mask(x), output)
+            dense, effective = dense + d, effective + e
+        return int(dense), int(effective)
+
+    def extra_repr(self) -> str:
+        cfg = self.gate.config
+        return (f"eca_k={self.gate.kernel_size}, estimator={cfg.estimator}, "
+                f"energy_relative={cfg.energy_relative}, scale={self.gate.scale}, sparse={self.sparse}")

@@ -1,0 +1,450 @@
+"""``vrtk report``: RD plots, BD-rate against an anchor, storage, compute (MACs, sparsity) and runtime.
+
+Everything is computed from results files (``vrtk eval`` output or any CompressAI-schema JSON), written as PNGs
+plus a report.md that GitHub renders, and a report.json with the same tables for machines.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+
+from vrtk.errors import VrtkError
+from vrtk.eval import storage as storage_mod
+from vrtk.eval.bdrate import bd, msssim_db, quality_at_rate
+from vrtk.eval.results import KMAC_KEYS, Curve, build_curves, load_results
+from vrtk.fileio import write_json_atomic, write_text_atomic, write_with_atomic
+
+CLASSICAL_REFERENCES = {"jpeg", "jpeg2000", "webp", "bpg_444_x265_ycbcr", "hm", "vtm", "av1"}  # not trained models
+MODEL_KINDS = ("variable", "fixed", "external")
+
+
+# -- loading -----------------------------------------------------------------------------------------------
+
+def reference_files(paths: list[str], patterns: list[str] | None = None) -> list[Path]:
+    """JSON files named directly or found in folders, filtered by glob patterns on the file name."""
+    patterns = patterns or ["*"]
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            candidates = sorted(path.glob("*.json"))
+        elif path.is_file():
+            candidates = [path]
+        else:
+            raise VrtkError(f"--reference {raw}: no such file or folder")
+        found.extend(p for p in candidates if any(fnmatch.fnmatch(p.name, pat) for pat in patterns))
+    if paths and not found:
+        raise VrtkError(f"--reference: no JSON file matches {patterns} in {paths}")
+    return found
+
+
+def load_curves(results: list[str], references: list[str] | None = None,
+                reference_match: list[str] | None = None) -> list[Curve]:
+    curves = build_curves([(load_results(p), str(p)) for p in results])
+    refs = build_curves([(load_results(p), str(p)) for p in reference_files(references or [], reference_match)],
+                        kind="reference")
+    for ref in refs:
+        stem = Path(ref.sources[0]).stem if ref.sources else ref.label
+        trained = stem.lower() not in CLASSICAL_REFERENCES
+        ref.label = f"{stem} (published{', GPU-trained' if trained else ''})"
+    labels = [c.label for c in curves + refs]
+    for curve in curves + refs:  # two files with the same name: tell them apart by file
+        if labels.count(curve.label) > 1 and curve.sources:
+            curve.label += f" ({Path(curve.sources[0]).stem})"
+    return curves + refs
+
+
+def find_curve(curves: list[Curve], name: str) -> Curve:
+    """A curve by its label: exact (case-insensitive), else the only one containing ``name``."""
+    exact = [c for c in curves if c.label.lower() == name.lower()]
+    if exact:
+        return exact[0]
+    partial = [c for c in curves if name.lower() in c.label.lower()]
+    if len(partial) == 1:
+        return partial[0]
+    known = ", ".join(repr(c.label) for c in curves)
+    what = "matches several curves" if partial else "matches no curve"
+    raise VrtkError(f"{name!r} {what}; curves: {known}")
+
+
+def default_anchor(curves: list[Curve]) -> Curve:
+    """JPEG if it was run, else the first classical anchor, else the first curve."""
+    ours = [c for c in curves if c.kind != "reference"]
+    for c in ours:
+        if c.kind == "classical" and "jpeg" in c.label.lower():
+            return c
+    for c in ours:
+        if c.kind == "classical":
+            return c
+    return (ours or curves)[0]
+
+
+# -- plots -------------------------------------------------------------------------------------------------
+
+STYLE = {
+    "variable": {"linestyle": "-", "linewidth": 2.0, "marker": ".", "markersize": 4},
+    "fixed": {"linestyle": "-", "linewidth": 0.9, "marker": "o", "markersize": 6},
+    "classical": {"linestyle": "--", "linewidth": 1.4, "marker": "s", "markersize": 3},
+    "reference": {"linestyle": ":", "linewidth": 1.3, "marker": "x", "markersize": 4, "alpha": 0.8},
+    "external": {"linestyle": "-", "linewidth": 1.2, "marker": "^", "markersize": 4},
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    write_with_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+
+
+def plot_rd(curves: list[Curve], metric: str, path: Path, title: str) -> bool:
+    """bpp vs PSNR or vs MS-SSIM (dB); returns False when no curve has the metric."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    drawn = 0
+    for index, curve in enumerate(curves):
+        ys = curve.psnr if metric == "psnr" else msssim_db(curve.msssim)
+        pts = [(x, y) for x, y in zip(curve.bpp, ys, strict=True) if y is not None and math.isfinite(y)]
+        if not pts:
+            continue
+        kind = curve.kind if curve.kind in STYLE else "external"
+        style = dict(STYLE[kind])
+        if kind == "variable" and len(pts) == 1:
+            style["marker"], style["markersize"] = "D", 6
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{index % 10}", label=curve.label, **style)
+        drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("bits per pixel (real bitstreams)")
+    ax.set_ylabel("PSNR RGB (dB)" if metric == "psnr" else "MS-SSIM RGB (dB, -10 log10(1 - MS-SSIM))")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if drawn > 8:  # many published curves: keep the plot readable, legend beside it
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+def layer_label(key: str) -> str:
+    """``ecg/g_a.2/sparsity`` -> ``g_a.2``."""
+    parts = key.split("/")
+    return "/".join(parts[1:-1]) if len(parts) >= 3 else key
+
+
+def sparsity_points(curve: Curve) -> list[int]:
+    """Up to three points to show: lowest, middle and highest bpp among those with sparsity."""
+    having = sorted((i for i in range(len(curve)) if curve.sparsity[i]), key=lambda i: curve.bpp[i])
+    if len(having) <= 3:
+        return having
+    return [having[0], having[len(having) // 2], having[-1]]
+
+
+def plot_sparsity(curves: list[Curve], path: Path) -> bool:
+    plt = _pyplot()
+    import numpy as np
+
+    with_data = [c for c in curves if sparsity_points(c)]
+    if not with_data:
+        return False
+    fig, axes = plt.subplots(len(with_data), 1, figsize=(9, 3.4 * len(with_data)), squeeze=False)
+    for ax, curve in zip(axes[:, 0], with_data, strict=True):
+        points = sparsity_points(curve)
+        layers = sorted({k for i in points for k in curve.sparsity[i]})
+        width = 0.8 / len(points)
+        xs = np.arange(len(layers))
+        for j, i in enumerate(points):
+            lam = curve.lambdas[i]
+            label = f"{curve.bpp[i]:.3f} bpp" + (f", lambda {lam:.4g}" if lam is not None else "")
+            values = [100 * curve.sparsity[i].get(k, float("nan")) for k in layers]
+            ax.bar(xs + (j - (len(points) - 1) / 2) * width, values, width, label=label)
+        ax.set_xticks(xs, [layer_label(k) for k in layers], rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel("zeros at the layer input (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"per-layer sparsity: {curve.label}")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
+# -- tables ------------------------------------------------------------------------------------------------
+
+def bd_table(curves: list[Curve], anchor: Curve) -> list[dict]:
+    rows = []
+    for curve in curves:
+        psnr = bd(anchor.bpp, anchor.psnr, curve.bpp, curve.psnr)
+        ms = bd(anchor.bpp, msssim_db(anchor.msssim), curve.bpp, msssim_db(curve.msssim))
+        rows.append({"curve": curve.label, "kind": curve.kind, "points": len(curve),
+                     "bd_rate_psnr": psnr.bd_rate, "bd_psnr": psnr.bd_quality,
+                     "bd_rate_msssim": ms.bd_rate, "bd_msssim_db": ms.bd_quality,
+                     "overlap_psnr": psnr.overlap_quality, "dropped_points": psnr.dropped,
+                     "note": psnr.note})
+    return rows
+
+
+def storage_tables(curves: list[Curve]) -> dict:
+    models = []
+    for curve in curves:
+        for entry in curve.storage:
+            models.append({"curve": curve.label, "source": entry.get("source"), "params": entry["params"],
+                           "plugin_params": entry["plugin_params"], "full_bytes_fp32": entry["full_bytes_fp32"],
+                           "plugin_bytes_fp32": entry["plugin_bytes_fp32"], "folder_bytes": entry.get("folder_bytes"),
+                           "weights": entry.get("weights"), "plugins": entry.get("plugins", []),
+                           "plugin_percent_of_full": 100.0 * entry["plugin_bytes_fp32"] / entry["full_bytes_fp32"]
+                           if entry["full_bytes_fp32"] else None})
+    variable = [c for c in curves if c.kind == "variable" and c.storage]
+    fixed = [c for c in curves if c.kind == "fixed" and c.storage and len(c.storage) == len(c)]
+    replaces = []
+    for v in variable:
+        for f in fixed:
+            replaces.append({"variable": v.label, "fixed": f.label, "measured": True,
+                             **storage_mod.compare(v.storage[0], f.storage)})
+        copies = storage_mod.compare_to_copies(v.storage[0])
+        if copies:
+            replaces.append({"variable": v.label, "fixed": f"{copies['n_fixed']} copies of its base (counted)",
+                             "measured": False, **copies})
+    return {"models": models, "replaces": replaces}
+
+
+def _total(curve: Curve, i: int, kind: str) -> float | None:
+    enc, dec = curve.kmacs[f"encoder_{kind}"][i], curve.kmacs[f"decoder_{kind}"][i]
+    return enc + dec if enc is not None and dec is not None else None
+
+
+def flops_table(curves: list[Curve], baseline: Curve | None) -> list[dict]:
+    """Per curve and rate: PSNR drop (%) against the baseline at the same bpp, and MAC reductions (x)."""
+    base_eff = None
+    if baseline is not None and baseline.has_kmacs:
+        values = [_total(baseline, i, "effective") for i in range(len(baseline))]
+        values = [v for v in values if v is not None]
+        base_eff = statistics.fmean(values) if values else None
+    rows = []
+    for curve in curves:
+        if not curve.has_kmacs:
+            continue
+        use_base = baseline is not None and curve is not baseline
+        matched = quality_at_rate(baseline.bpp, baseline.psnr, curve.bpp) if use_base else [None] * len(curve)
+        for i in range(len(curve)):
+            dense, eff = _total(curve, i, "dense"), _total(curve, i, "effective")
+            ref, own = matched[i], curve.psnr[i]
+            sparsity = curve.sparsity[i] if i < len(curve.sparsity) else {}
+            rows.append({
+                "curve": curve.label, "lambda": curve.lambdas[i], "bpp": curve.bpp[i], "psnr": own,
+                "baseline_psnr": ref,
+                "psnr_drop_percent": 100.0 * (ref - own) / ref if ref and own is not None else None,
+                **{key: curve.kmacs[key][i] for key in KMAC_KEYS},
+                "reduction_vs_dense": dense / eff if dense and eff else None,
+                "reduction_vs_baseline": base_eff / eff if use_base and base_eff and eff else None,
+                "mean_sparsity": statistics.fmean(sparsity.values()) if sparsity else None,
+            })
+    return rows
+
+
+def runtime_table(curves: list[Curve]) -> list[dict]:
+    rows = []
+    for curve in curves:
+        def med(values):
+            values = [v for v in values if v is not None]
+            return statistics.median(values) if values else None
+
+        mid = curve.middle()
+        rows.append({"curve": curve.label, "kind": curve.kind, "points": len(curve),
+                     "encoding_time": med(curve.encoding_time), "decoding_time": med(curve.decoding_time),
+                     "encoding_mps": med(curve.encoding_mps), "decoding_mps": med(curve.decoding_mps),
+                     "peak_memory_mb": max((v for v in curve.peak_memory_mb if v is not None), default=None),
+                     **{f"kmacs_{k}": v[mid] for k, v in curve.kmacs.items()}})
+    return rows
+
+
+# -- markdown ----------------------------------------------------------------------------------------------
+
+def fmt(value, spec: str = ".3f", suffix: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:{spec}}{suffix}"
+
+
+def size(n) -> str:
+    if n is None:
+        return "–"
+    for unit, scale in (("MB", 2**20), ("kB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit} ({n:,} B)"
+    return f"{n:,} B"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def esc(cell: str) -> str:
+        return str(cell).replace("|", "\\|")
+
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def render_markdown(title: str, summary: dict, curves: list[Curve], command: str | None) -> str:
+    lines = [f"# {title}", ""]
+    lines.append(f"Generated {summary['generated']} by vrtk {summary['vrtk_version']}.")
+    if command:
+        lines += ["", "```", command, "```"]
+    lines.append("")
+    lines += ["## Curves", ""]
+    rows = []
+    for c in curves:
+        rows.append([c.label, c.kind, str(len(c)), f"{min(c.bpp):.3f}–{max(c.bpp):.3f}",
+                     f"{fmt(min((p for p in c.psnr if p is not None), default=None), '.2f')}–"
+                     f"{fmt(max((p for p in c.psnr if p is not None), default=None), '.2f')}",
+                     "; ".join(c.datasets) or "–"])
+    lines += md_table(["curve", "kind", "points", "bpp", "PSNR (dB)", "images"], rows)
+    lines.append("Kinds: *variable* = one variable-rate model swept over its trained lambda range (solid line); "
+                 "*fixed* = one-point results of fixed-rate models joined into a curve (circles); *classical* = "
+                 "Pillow JPEG/WebP on the same images (dashed); *reference* = published results (CompressAI's "
+                 "JSONs; its learned models were trained on GPUs), drawn dotted and not run here.")
+    lines.append("")
+
+    lines += ["## Rate–distortion", ""]
+    for png, caption in (("rd-psnr.png", "bpp vs PSNR"), ("rd-msssim.png", "bpp vs MS-SSIM")):
+        if png in summary["figures"]:
+            lines += [f"![{caption}]({png})", ""]
+
+    anchor = summary["anchor"]
+    lines += [f"## BD-rate against {anchor}", ""]
+    rows = [[r["curve"], fmt(r["bd_rate_psnr"], "+.2f", " %"), fmt(r["bd_psnr"], "+.3f", " dB"),
+             fmt(r["bd_rate_msssim"], "+.2f", " %"), fmt(r["bd_msssim_db"], "+.3f", " dB"),
+             fmt(100 * r["overlap_psnr"], ".0f", " %"), str(r["dropped_points"]), r["note"] or ""]
+            for r in summary["bd"]]
+    lines += md_table(["curve", "BD-rate (PSNR)", "BD-PSNR", "BD-rate (MS-SSIM)", "BD-MS-SSIM",
+                       "PSNR overlap", "dropped pts", "note"], rows)
+    lines.append("Bjøntegaard deltas with the `bjontegaard` package, PCHIP interpolation, integrated over the range "
+                 "both curves cover (overlap = share of the joint quality range). Negative BD-rate = fewer bits "
+                 "than the anchor at equal quality. MS-SSIM deltas are on the dB scale. Points worse than a "
+                 "cheaper point of the same curve are dropped before interpolating.")
+    lines.append("")
+
+    st = summary["storage"]
+    if st["models"]:
+        lines += ["## Storage", ""]
+        rows = [[m["curve"], f"{m['params']:,}", f"{m['plugin_params']:,}", size(m["full_bytes_fp32"]),
+                 size(m["plugin_bytes_fp32"]), fmt(m["plugin_percent_of_full"], ".2f", " %"),
+                 size(m["folder_bytes"]), m["weights"] or "–"]
+                for m in st["models"]]
+        lines += md_table(["model", "params", "plugin params", "full model fp32", "plugin delta fp32",
+                           "delta / full", "folder on disk", "checkpoint"], rows)
+        if st["replaces"]:
+            rows = [[r["variable"], r["fixed"], str(r["n_fixed"]), f"{r['variable_params']:,}",
+                     f"{r['fixed_params']:,}", size(r["variable_bytes_fp32"]), size(r["fixed_bytes_fp32"]),
+                     fmt(r["saved_percent_fp32"], ".1f", " %"), fmt(r.get("saved_percent_disk"), ".1f", " %")]
+                    for r in st["replaces"]]
+            lines += md_table(["variable-rate model", "replaces", "N", "params (1)", "params (N)", "fp32 (1)",
+                               "fp32 (N)", "saved (fp32)", "saved (on disk)"], rows)
+        lines.append("fp32 sizes count every tensor of the network (weights and entropy-coder tables) as a full "
+                     "checkpoint stores it; 'folder on disk' is the measured size of the model folder (a delta "
+                     "checkpoint holds only what plugins added or fine-tuning changed). Rows marked 'counted' "
+                     "compare with N copies of the base network, N = the lambdas the model was trained on.")
+        lines.append("")
+
+    if summary["flops"]:
+        base = summary["flops_baseline"]
+        lines += ["## Compute (MACs)", ""]
+        lines.append("MACs (1 MAC = 2 FLOPs) of the real encode and decode paths per pixel of the padded input, "
+                     "counted on the evaluated images; effective MACs skip every tap that meets a zero input "
+                     "(ReLU zeros and gated channels alike). PSNR drop is against "
+                     + (f"**{base}** at the same bpp (PCHIP in log bpp, inside its range only)." if base else
+                        "no baseline (pass `--flops-baseline NAME`)."))
+        lines.append("")
+        rows = [[r["curve"], fmt(r["lambda"], ".4g"), fmt(r["bpp"], ".3f"), fmt(r["psnr"], ".2f"),
+                 fmt(r["psnr_drop_percent"], "+.2f", " %"),
+                 f"{fmt(r['encoder_effective'], '.4g')} / {fmt(r['encoder_dense'], '.4g')}",
+                 f"{fmt(r['decoder_effective'], '.4g')} / {fmt(r['decoder_dense'], '.4g')}",
+                 fmt(r["reduction_vs_dense"], ".2f", "×"), fmt(r["reduction_vs_baseline"], ".2f", "×"),
+                 fmt(None if r["mean_sparsity"] is None else 100 * r["mean_sparsity"], ".1f", " %")]
+                for r in summary["flops"]]
+        lines += md_table(["curve", "lambda", "bpp", "PSNR", "PSNR drop", "enc kMACs/px eff / dense",
+                           "dec kMACs/px eff / dense", "reduction vs dense", "reduction vs baseline",
+                           "mean sparsity"], rows)
+    if "sparsity.png" in summary["figures"]:
+        lines += ["![per-layer sparsity](sparsity.png)", ""]
+
+    lines += ["## Runtime", ""]
+    rows = [[r["curve"], fmt(r["encoding_time"], ".4f"), fmt(r["decoding_time"], ".4f"), fmt(r["encoding_mps"], ".2f"),
+             fmt(r["decoding_mps"], ".2f"), fmt(r["peak_memory_mb"], ".0f"),
+             f"{fmt(r['kmacs_encoder_effective'], '.4g')} / {fmt(r['kmacs_encoder_dense'], '.4g')}",
+             f"{fmt(r['kmacs_decoder_effective'], '.4g')} / {fmt(r['kmacs_decoder_dense'], '.4g')}"]
+            for r in summary["runtime"]]
+    lines += md_table(["curve", "encode s/img", "decode s/img", "encode MP/s", "decode MP/s", "peak MB",
+                       "enc kMACs/px eff / dense", "dec kMACs/px eff / dense"], rows)
+    lines.append("Times are medians over the rate points of the per-image median of repeated runs (after a "
+                 "warm-up); kMACs at the middle rate point. Published reference timings come from other "
+                 "machines. FLOPs alone do not rank codecs: entropy coding and memory traffic count too.")
+    lines.append("")
+
+    commands = [(c.label, cmd) for c in curves for cmd in c.commands]
+    if commands:
+        lines += ["## How the results were made", ""]
+        for label, cmd in commands:
+            lines += [f"- {label}:", "", "  ```", f"  {cmd}", "  ```", ""]
+    if summary["notes"]:
+        lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]] + [""]
+    return "\n".join(lines)
+
+
+# -- entry point -------------------------------------------------------------------------------------------
+
+def build_report(results: list[str], out_dir, anchor: str | None = None, references: list[str] | None = None,
+                 reference_match: list[str] | None = None, flops_baseline: str | None = None,
+                 title: str = "vrtk report", command: str | None = None) -> dict:
+    """Write PNGs, report.md and report.json into ``out_dir``; returns the summary (report.json's content)."""
+    from vrtk import __version__
+
+    curves = load_curves(results, references, reference_match)
+    anchor_curve = find_curve(curves, anchor) if anchor else default_anchor(curves)
+    if flops_baseline:
+        baseline = find_curve(curves, flops_baseline)
+    else:
+        plain = [c for c in curves if c.kind in ("variable", "fixed") and c.has_kmacs
+                 and not any(s for s in c.sparsity)]
+        baseline = anchor_curve if anchor_curve.kind in MODEL_KINDS else (plain[0] if plain else None)
+        if baseline is not None and not any(c.has_kmacs and c is not baseline for c in curves):
+            baseline = None  # nothing to compare with it
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = []
+    if plot_rd(curves, "psnr", out / "rd-psnr.png", "Rate–distortion (PSNR)"):
+        figures.append("rd-psnr.png")
+    if plot_rd(curves, "msssim", out / "rd-msssim.png", "Rate–distortion (MS-SSIM)"):
+        figures.append("rd-msssim.png")
+    if plot_sparsity([c for c in curves if c.kind != "reference"], out / "sparsity.png"):
+        figures.append("sparsity.png")
+    ours = [c for c in curves if c.kind != "reference"]
+    notes = [n for c in curves for n in c.notes]
+    datasets = {d for c in ours for d in c.datasets}
+    if len(datasets) > 1:
+        notes.append(f"the curves were measured on different image sets ({'; '.join(sorted(datasets))}): "
+                     "compare them with care")
+    summary = {
+        "title": title, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "vrtk_version": __version__, "anchor": anchor_curve.label,
+        "flops_baseline": baseline.label if baseline else None, "figures": figures,
+        "curves": [{"label": c.label, "kind": c.kind, "points": len(c), "sources": c.sources} for c in curves],
+        "bd": bd_table(curves, anchor_curve), "storage": storage_tables(ours),
+        "flops": flops_table(ours, baseline), "runtime": runtime_table(curves), "notes": notes,
+    }
+    write_text_atomic(out / "report.md", render_markdown(title, summary, curves, command))
+    write_json_atomic(out / "report.json", summary)
+    return summary
