@@ -62,12 +62,12 @@ def parse_args(argv=None):
 def build(args):
     """(gated WrappedModel, dense net with the same weights, calibration report)."""
     import yaml
+    from vrtk_plugins.ecg.plugin import calibrate, unwrap
 
     from vrtk.commands.common import parse_arch_kwargs
     from vrtk.model import load_model, wrap
     from vrtk.rate import use_rate
     from vrtk.zoo import BaseSpec
-    from vrtk_plugins.ecg.plugin import calibrate, unwrap
 
     report = {}
     if args.model:
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     macs = {name: [0.0, 0.0, 0.0, 0.0] for name in ("dense", "ecg")}
     max_diff = 0.0
     with torch.no_grad(), use_rate(gated, lmbda), use_rate(gated_sparse, lmbda), use_rate(dense, lmbda):
-        for idx, (name, img) in enumerate(images):
+        for name, img in images:
             x, unpadding = pad(img)
             x = x.contiguous(memory_format=layout)
             per = {v: {"enc": [], "dec": []} for v in variants}

@@ -4,7 +4,6 @@ with gates that really zero half their inputs (the shared conformance matrix run
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
@@ -28,11 +27,32 @@ from vrtk.zoo import BaseSpec, build_base
 PAPER_SITES = ["g_a.2", "g_a.4", "g_a.6", "g_s.2", "g_s.4", "g_s.6", "h_a.2", "h_a.4", "h_s.2", "h_s.4"]
 
 
-def tiny(arch: str = "bmshj2018-hyperprior", plugins=("ecg",), configs=None, base_file=None):
+def lively_base(arch: str = "bmshj2018-hyperprior") -> nn.Module:
+    """A tiny random base whose latents do not all quantise to zero (untrained g_a/h_a output ~0.05), so the
+    decoder side sees varied inputs too."""
     torch.manual_seed(0)
     kwargs = {"N": 8} if arch.startswith("cheng") else dict(TINY_KWARGS)
-    spec = BaseSpec(arch, weights=str(base_file) if base_file else "random", arch_kwargs=kwargs)
-    return wrap(spec, list(plugins), configs or {})
+    net = build_base(BaseSpec(arch, weights="random", arch_kwargs=kwargs))
+    with torch.no_grad():
+        for transform in (net.g_a, net.h_a):
+            last = [m for m in transform.modules() if isinstance(m, nn.Conv2d)][-1]
+            last.weight.mul_(30)
+            last.bias.mul_(30)
+    return net
+
+
+def save_base(tmp_path, arch: str = "bmshj2018-hyperprior"):
+    path = tmp_path / "base.pt"
+    torch.save(lively_base(arch).state_dict(), path)
+    return path
+
+
+def tiny(arch: str = "bmshj2018-hyperprior", plugins=("ecg",), configs=None, base_file=None):
+    kwargs = {"N": 8} if arch.startswith("cheng") else dict(TINY_KWARGS)
+    if base_file:
+        return wrap(BaseSpec(arch, weights=str(base_file), arch_kwargs=kwargs), list(plugins), configs or {})
+    return wrap(BaseSpec(arch, weights="random", arch_kwargs=kwargs), list(plugins), configs or {},
+                net=lively_base(arch))
 
 
 def images(count: int = 2, size: int = 64) -> torch.Tensor:
@@ -218,8 +238,10 @@ def test_loss_terms_and_layer_stats():
     for _, m in ecg_modules(net):
         m.gate.alpha.grad = None
     late["sparsity"].backward()
-    grads = torch.cat([m.gate.alpha.grad for _, m in ecg_modules(net)])
-    assert (grads <= 0).all() and (grads < 0).any()  # raising the thresholds lowers the penalty
+    # g_s.6 runs last, so its alpha reaches the penalty only through its own gate: raising it must help
+    grad = net.g_s.get_submodule("6").gate.alpha.grad
+    assert (grad <= 0).all() and (grad < 0).any()
+    assert torch.isfinite(torch.cat([m.gate.alpha.grad for _, m in ecg_modules(net)])).all()
     stats = dict(get_registry().call("vrtk_layer_stats", model=net))["ecg"]
     assert set(stats) == {f"ecg/{p}/sparsity" for p in PAPER_SITES}
 
@@ -239,15 +261,11 @@ def test_layer_stats_are_the_zero_fraction_the_convolutions_receive():
     stats = dict(get_registry().call("vrtk_layer_stats", model=net))["ecg"]
     for name, zero_fraction in seen.items():
         assert stats[f"ecg/{name}/sparsity"] == pytest.approx(zero_fraction, abs=1e-6)
-    assert 0.4 < stats["ecg/g_s.4/sparsity"] < 0.6
+    assert 0.45 < stats["ecg/g_a.4/sparsity"] < 0.55 and 0.45 < stats["ecg/g_s.4/sparsity"] < 0.55
 
 
 def test_lazy_init_runs_once_and_survives_save_and_load(tmp_path):
-    torch.manual_seed(0)
-    base_file = tmp_path / "base.pt"
-    torch.save(build_base(BaseSpec("bmshj2018-hyperprior", weights="random",
-                                   arch_kwargs=dict(TINY_KWARGS))).state_dict(), base_file)
-    wrapped = tiny(configs={"ecg": {"init_sparsity": 0.5}}, base_file=base_file)
+    wrapped = tiny(configs={"ecg": {"init_sparsity": 0.5}}, base_file=save_base(tmp_path))
     net = wrapped.net.train()
     gate = net.g_s.get_submodule("4").gate
     assert not bool(gate.initialized) and torch.all(gate.alpha == 1e-4)
@@ -295,12 +313,8 @@ def test_conformance_with_half_the_inputs_zeroed(tile, tmp_path):
     """Frozen base: only gate tensors change; the delta round-trips exactly; real coding equals forward."""
     from compressai.losses import RateDistortionLoss
 
-    torch.manual_seed(0)
-    base_file = tmp_path / "base.pt"
-    torch.save(build_base(BaseSpec("bmshj2018-hyperprior", weights="random",
-                                   arch_kwargs=dict(TINY_KWARGS))).state_dict(), base_file)
     cfg = {"init_sparsity": 0.5, "sparsity_target": 0.6, "gate_tile": tile}
-    wrapped = tiny(configs={"ecg": cfg}, base_file=base_file)
+    wrapped = tiny(configs={"ecg": cfg}, base_file=save_base(tmp_path))
     trainable_setup(wrapped, "plugins")
     net = wrapped.net.train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -326,7 +340,7 @@ def test_conformance_with_half_the_inputs_zeroed(tile, tmp_path):
         stats = dict(get_registry().call("vrtk_layer_stats", model=net))["ecg"]
         coded = loaded.net.compress(x)
         decoded = loaded.net.decompress(coded["strings"], coded["shape"])["x_hat"]
-    assert sum(stats.values()) / len(stats) > 0.3  # the gates really work
+    assert min(stats.values()) > 0.2  # the gates really work, decoder side included
     torch.testing.assert_close(decoded, expected, atol=1e-5, rtol=0)
 
 
@@ -343,18 +357,19 @@ def test_gate_overhead_and_effective_macs():
     k = net.g_a.get_submodule("2").gate.kernel_size
     assert gated.encoder.per_layer["g_a.2"] == (3 * c * h * w + c * k + 3 * c,) * 2
     assert gated.encoder.dense == open_gates.encoder.dense
-    assert gated.encoder.effective < 0.75 * open_gates.encoder.effective
-    assert gated.decoder.effective < 0.75 * open_gates.decoder.effective
+    for side in ("encoder", "decoder"):
+        before, after = getattr(open_gates, side).per_layer, getattr(gated, side).per_layer
+        convs = [k for k in after if k.endswith(".base_layer")]
+        assert sum(after[k][1] for k in convs) < 0.65 * sum(before[k][1] for k in convs)
+        assert getattr(gated, side).effective < getattr(open_gates, side).effective
 
 
 def test_unwrap_gives_back_the_base_model():
     wrapped = tiny()
-    torch.manual_seed(0)
-    base = build_base(BaseSpec("bmshj2018-hyperprior", weights="random", arch_kwargs=dict(TINY_KWARGS)))
+    base = lively_base()
     net = unwrap(copy.deepcopy(wrapped.net)).eval()
     assert not ecg_modules(net)
     assert net.state_dict().keys() == base.state_dict().keys()
     x = images(1)
     with torch.no_grad():
         torch.testing.assert_close(net(x)["x_hat"], base.eval()(x)["x_hat"])
-    assert math.isfinite(float(net(x)["x_hat"].sum()))

@@ -30,7 +30,7 @@ class CropSampler:
         self.weights = torch.tensor([float((i.shape[-1] - crop + 1) * (i.shape[-2] - crop + 1)) for i in usable])
 
     @classmethod
-    def from_folder(cls, folder: str | Path, crop: int, downscales=(1,), flip: bool = True) -> "CropSampler":
+    def from_folder(cls, folder: str | Path, crop: int, downscales=(1,), flip: bool = True) -> CropSampler:
         images = []
         for path in list_images(folder):
             base = (load_image(path).tensor * 255).round().to(torch.uint8)

@@ -7,8 +7,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 
 @contextlib.contextmanager

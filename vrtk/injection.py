@@ -7,8 +7,8 @@ their own parameters are known without guessing from names.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from torch import nn
 

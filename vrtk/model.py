@@ -79,7 +79,7 @@ class WrappedModel:
         """Hash of every tensor the decoder depends on: a .vrtk file names the model it needs by this."""
         return state_dict_sha256(self.net.state_dict())
 
-    def to(self, device) -> "WrappedModel":
+    def to(self, device) -> WrappedModel:
         self.net.to(device)
         return self
 

@@ -13,9 +13,9 @@ import hashlib
 import importlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ class ArchSpec:
 
 
 def _nm(table: dict[int, tuple[int, ...]]) -> dict[int, dict[str, int]]:
-    return {q: dict(zip(("N", "M"), v)) for q, v in table.items()}
+    return {q: dict(zip(("N", "M"), v, strict=False)) for q, v in table.items()}
 
 
 def _compressai_archs() -> dict[str, ArchSpec]:
@@ -161,7 +161,7 @@ class BaseSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "BaseSpec":
+    def from_dict(cls, data: dict) -> BaseSpec:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
 
@@ -378,3 +378,26 @@ def _build_default(spec: BaseSpec) -> nn.Module:
     spec.weights = DEFAULT_MODEL_NAME
     spec.weights_sha256 = state_dict_sha256(model.state_dict())
     return model.eval()
+
+
+def export_default(model_dir: str | os.PathLike, command: str, notes: dict | None = None) -> Path:
+    """Store a trained base (a vrtk model folder without plugins) as the embedded default, in fp16."""
+    from safetensors.torch import save_file
+
+    from vrtk.fileio import write_json_atomic, write_with_atomic
+    from vrtk.model import load_model
+
+    wrapped = load_model(model_dir)
+    if wrapped.plugins:
+        raise ModelError("the default model is a plain base; this model has plugins")
+    if len(wrapped.lambdas) != 1:
+        raise ModelError("the default model must be trained at exactly one lambda")
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in wrapped.net.state_dict().items()}
+    weights, meta = default_model_files()
+    write_with_atomic(weights, lambda tmp: save_file(state, str(tmp)))
+    arch = wrapped.base.arch
+    info = {"arch": arch, "arch_kwargs": wrapped.base.arch_kwargs, "metric": wrapped.metric,
+            "lambda": wrapped.lambdas[0], "dtype": "float16", "made_by": command,
+            "training": wrapped.extra.get("training", {}), **(notes or {})}
+    write_json_atomic(meta, info)
+    return weights

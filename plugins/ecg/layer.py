@@ -28,13 +28,26 @@ from vrtk_plugins.ecg.sparse import apply_tile_mask, sparse_conv, supported, til
 
 from vrtk.injection import Adapter
 
-TINY = 1e-20
+TINY = 1e-12
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
     """ECA's odd kernel size |(log2 C + b) / gamma| (k = 5 for C in 128..320, 3 for tiny test models)."""
     t = int(abs((math.log2(channels) + b) / gamma))
     return max(t if t % 2 else t + 1, 1)
+
+
+def quantile_threshold(values: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Per row, a threshold t such that ``fraction`` of the row's values are <= t, placed halfway between two
+    distinct values (robust to float noise). Ties are not split: the tied values are kept (fewer zeroed)."""
+    n = values.shape[1]
+    k = min(int(round(fraction * n)), n)
+    if k == 0:  # zero inputs stay zeroed (strict comparison), nothing else
+        return torch.zeros(values.shape[0], dtype=values.dtype, device=values.device)
+    lo = values.kthvalue(k, dim=1).values
+    hi = values.kthvalue(k + 1, dim=1).values if k < n else lo * 2 + 1
+    below = torch.where(values < lo[:, None], values, torch.zeros_like(values)).amax(dim=1)
+    return torch.where(hi > lo, (lo + hi) / 2, (below + lo) / 2)
 
 
 class EnergyGate(nn.Module):
@@ -159,7 +172,11 @@ class EnergyGate(nn.Module):
         z = self.statistic(x2) - th[..., None, None]
         hard = z > 0
         self.last_tile_mask = None
-        temperature = (energy.detach()[..., None, None] + TINY) if self.config.eps_relative else 1.0
+        if self.config.eps_relative:  # floored by the layer's mean energy: dead channels get no huge gradients
+            floor = 1e-3 * energy.detach().mean(dim=1, keepdim=True) + TINY
+            temperature = torch.maximum(energy.detach(), floor)[..., None, None]
+        else:
+            temperature = 1.0
         soft = self.expand(torch.sigmoid(self.config.eps * z / temperature), x)
         hard_f = self.expand(hard, x).to(x.dtype)
         mask = hard_f + soft - soft.detach() if self.config.estimator == "ste" else soft
@@ -187,11 +204,7 @@ class EnergyGate(nn.Module):
             values = ratio.reshape(1, -1)
         else:
             values = ratio.transpose(0, 1).reshape(ratio.shape[1], -1)
-        k = min(int(round(sparsity * values.shape[1])), values.shape[1])
-        if k == 0:  # zero inputs stay zeroed (strict comparison), nothing else
-            alpha = torch.zeros(values.shape[0], dtype=self.alpha.dtype, device=values.device)
-        else:
-            alpha = values.kthvalue(k, dim=1).values.to(self.alpha.dtype)
+        alpha = quantile_threshold(values, sparsity).to(self.alpha.dtype)
         self.alpha.copy_(alpha.expand_as(self.alpha))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(self.alpha)

@@ -162,13 +162,6 @@ def vrtk_register_injectors(register):
 
 
 @hookimpl
-def vrtk_register_recipes(register):
-    from pathlib import Path
-
-    register(Path(__file__).parent / "recipes")
-
-
-@hookimpl
 def vrtk_loss_terms(model, step):
     """``alpha``: gamma * sum_i ||alpha_i - alpha_t||^2 (paper); ``sparsity``: the hinge on the measured sparsity."""
     modules = ecg_modules(model)

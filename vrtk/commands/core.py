@@ -33,7 +33,7 @@ def cmd_models(args) -> int:
         q = row["qualities"]
         qualities = f"q{q[0]}..{q[-1]}" if q else "-"
         sizes = ", ".join(f"{k}:{'/'.join(str(v) for v in s.values())}" for k, s in row["sizes"].items())
-        weights = "zoo" if row["pretrained"] else "no weights"
+        weights = "embedded" if row["name"] == DEFAULT_MODEL_NAME else "zoo" if row["pretrained"] else "no weights"
         print(f"{row['name']:<26} {qualities:<7} {weights:<10} N/M per quality {sizes}")
     return 0
 
@@ -115,6 +115,14 @@ def cmd_wrap(args) -> int:
     return 0
 
 
+def cmd_export_default(args) -> int:
+    from vrtk.zoo import export_default
+
+    path = export_default(args.model_dir, args.command_line)
+    print(f"embedded default written: {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("models", help="list base architectures: vrtk models [PATTERN]")
     p.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern, e.g. '*hyper*' (- and _ alike)")
@@ -133,3 +141,9 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--output", default=None, help="model folder to write")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_wrap)
+
+    p = sub.add_parser("export-default", help="(maintainers) store a trained base as the embedded default model")
+    p.add_argument("model_dir", help="a vrtk model folder made by `vrtk run pretrain`")
+    p.add_argument("--command-line", default="vrtk run pretrain profile=cpu",
+                   help="the command that trained it, recorded with the weights")
+    p.set_defaults(func=cmd_export_default)

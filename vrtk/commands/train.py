@@ -10,7 +10,7 @@ def cmd_run(args) -> int:
     from vrtk.train.runner import run_recipe
 
     config = resolve(args.recipe, args.overrides)
-    outputs = run_recipe(config, resume=args.resume, progress=not args.no_progress)
+    outputs = run_recipe(config, resume=args.resume, progress=not args.no_progress, allow_code=args.allow_code)
     for path in outputs:
         print(f"model saved: {path}")
     return 0
@@ -34,6 +34,8 @@ def add_parsers(sub) -> None:
     p.add_argument("overrides", nargs="*", help="key=value settings (profile=cpu|paper|test, steps=..., out=...)")
     p.add_argument("--resume", action="store_true", help="continue the run in its run directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
+    p.add_argument("--allow-code", action="store_true",
+                   help="let the recipe import a model class from outside vrtk/plugins/torch/timm/compressai")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("recipes", help="list the recipes")

@@ -58,6 +58,20 @@ def plugin_configs_for(config: RunConfig, lambdas: list[float], registry) -> dic
     return configs
 
 
+TRUSTED_CODE_ROOTS = ("vrtk", "vrtk_plugins", "torch", "timm", "compressai")
+
+
+def check_code_reference(config: RunConfig, allow_code: bool, registry) -> None:
+    """A recipe may name classes from vrtk, installed plugins, torch, timm or compressai; other code needs a flag."""
+    if ":" not in config.model or allow_code:
+        return
+    root = config.model.split(":", 1)[0].split(".")[0]
+    plugin_roots = {type(i).__module__.split(".")[0] for i in registry.injectors.values()}
+    if root not in TRUSTED_CODE_ROOTS and root not in plugin_roots:
+        raise RecipeError(f"the recipe names code from {root!r} ({config.model}); only vrtk, its plugins, torch, "
+                          "timm and compressai are imported from recipes unless you pass --allow-code")
+
+
 def build_for_training(config: RunConfig, lambdas: list[float]) -> WrappedModel:
     registry = get_registry()
     plugin_config = plugin_configs_for(config, lambdas, registry)
@@ -249,8 +263,8 @@ class Trainer:
             else:
                 record["ms_ssim"] = float(rd["ms_ssim_loss"].detach())
         if not torch.isfinite(total):
-            raise TrainingError(f"loss is {float(total.detach())} at step {self.step}; stopped. The last good checkpoint "
-                                f"({self.out / RESUME_NAME}) is kept; try a lower lr or clip.")
+            raise TrainingError(f"loss is {float(total.detach())} at step {self.step}; stopped. The last good "
+                                f"checkpoint ({self.out / RESUME_NAME}) is kept; try a lower lr or clip.")
         total.backward()
         if self.config.clip:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -387,8 +401,9 @@ def _barrier(dist_info: DistInfo) -> None:
         dist.barrier()
 
 
-def run_recipe(config: RunConfig, resume: bool = False, progress: bool = True) -> list[Path]:
+def run_recipe(config: RunConfig, resume: bool = False, progress: bool = True, allow_code: bool = False) -> list[Path]:
     """Run a resolved recipe; returns the model folders it produced."""
+    check_code_reference(config, allow_code, get_registry())
     if config.threads:
         torch.set_num_threads(config.threads)
     dist_info = init_distributed(pick_device(config.device))

@@ -1,0 +1,114 @@
+"""Reproduce the paper's experiments at CPU scale: train every model, evaluate on Kodak, build the report.
+
+    python benchmarks/reproduce.py                      # every stage not done yet, in order
+    python benchmarks/reproduce.py --stages anchors,fixed-rate,bm --dry-run
+    python benchmarks/reproduce.py --list
+
+Stages are resumable and idempotent: a training stage whose model folder exists is skipped, an interrupted one is
+continued with ``--resume``; an evaluation whose JSON exists is skipped. Models go to ``--runs`` (a cache folder,
+not git); results (JSON, report) to ``--results`` (committed). Training uses photos-train, evaluation all 24 Kodak
+images. Every command run is printed and appended to ``<results>/commands.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ECG_LAMBDAS = (0.0018, 0.0035, 0.0130)
+
+
+def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
+           ) -> list[tuple[str, list[list[str]], Path]]:
+    """(name, commands, output that marks it done) in dependency order."""
+    def run(recipe: str, name: str, *extra: str) -> list[str]:
+        return ["vrtk", "run", recipe, "profile=cpu", f"out={runs / name}", f"data={train}", f"threads={threads}",
+                "--no-progress", *extra]
+
+    def evaluate(model: Path | str, out: str, *extra: str) -> list[str]:
+        return ["vrtk", "eval", str(model), "--data", str(kodak), "-o", str(results / out), "--threads", "2",
+                "--no-progress", *extra]
+
+    fixed = runs / "fixed-rate"
+    fixed_lambdas = ("0.0018", "0.0035", "0.0067", "0.013", "0.025")
+    out = [
+        ("anchors", [["vrtk", "eval", "--codec", c, "--data", str(kodak), "-o", str(results / f"{c}.json"),
+                      "--no-progress"] for c in ("jpeg", "webp")], results / "webp.json"),
+        ("default", [evaluate("default", "default.json", "--name", "default (base)")], results / "default.json"),
+        ("fixed-rate", [run("fixed-rate", "fixed-rate")], fixed / f"lambda-{fixed_lambdas[-1]}" / "model"),
+        ("fixed-rate-eval", [evaluate(fixed / f"lambda-{lam}" / "model", f"fixed-{lam}.json", "--group", "fixed-rate")
+                             for lam in fixed_lambdas], results / f"fixed-{fixed_lambdas[-1]}.json"),
+        ("bm", [run("bm-finetune", "bm")], runs / "bm" / "model"),
+        ("bm-eval", [evaluate(runs / "bm" / "model", "bm.json", "--n-points", "16", "--name", "bm")],
+         results / "bm.json"),
+        ("gain", [run("gain-finetune", "gain")], runs / "gain" / "model"),
+        ("gain-eval", [evaluate(runs / "gain" / "model", "gain.json", "--n-points", "16", "--name", "gain")],
+         results / "gain.json"),
+    ]
+    for lam in ECG_LAMBDAS:
+        out.append((f"ecg-{lam:g}", [run("ecg-finetune", f"ecg-{lam:g}", f"lambdas=[{lam}]")],
+                    runs / f"ecg-{lam:g}" / "model"))
+        out.append((f"ecg-{lam:g}-eval", [evaluate(runs / f"ecg-{lam:g}" / "model", f"ecg-{lam:g}.json",
+                                                    "--group", "ecg")], results / f"ecg-{lam:g}.json"))
+    out += [
+        ("ecg-bm", [run("ecg-bm-finetune", "ecg-bm", f"model={runs / 'ecg-0.0035' / 'model'}")],
+         runs / "ecg-bm" / "model"),
+        ("ecg-bm-eval", [evaluate(runs / "ecg-bm" / "model", "ecg-bm.json", "--n-points", "16", "--name", "ecg+bm")],
+         results / "ecg-bm.json"),
+        ("report", [["vrtk", "report", *[str(p) for p in sorted(results.glob("*.json"))], "-o",
+                     str(results / "report"), "--anchor", "fixed-rate"]], results / "report" / "report.md"),
+    ]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="runs/reproduce", help="where models are trained (not committed)")
+    parser.add_argument("--results", default="results/kodak", help="where JSON results and the report go")
+    parser.add_argument("--kodak", default=str(DATA / "kodak"))
+    parser.add_argument("--train", default=str(DATA / "photos-train"))
+    parser.add_argument("--stages", default="", help="comma-separated stage names (default: all)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per training run")
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args()
+    runs, results = Path(args.runs), Path(args.results)
+    plan = stages(runs, results, Path(args.kodak), Path(args.train), args.threads)
+    if args.list:
+        for name, _, done in plan:
+            print(f"{name:<16} {'done' if done.exists() else 'to do'}  ({done})")
+        return 0
+    wanted = [s for s in args.stages.split(",") if s]
+    unknown = set(wanted) - {name for name, _, _ in plan}
+    if unknown:
+        print(f"unknown stages: {sorted(unknown)}", file=sys.stderr)
+        return 2
+    results.mkdir(parents=True, exist_ok=True)
+    for name, commands, done in plan:
+        if (wanted and name not in wanted) or (done.exists() and name != "report"):
+            continue
+        for cmd in commands:
+            target = Path(cmd[cmd.index("-o") + 1]) if "-o" in cmd and "eval" in cmd else None
+            if target is not None and target.exists():
+                continue
+            if cmd[1] == "run" and (Path(cmd[4].split("=", 1)[1]) / "config.yaml").exists():
+                cmd = [*cmd, "--resume"]
+            line = shlex.join(cmd)
+            print(f"[{name}] {line}", flush=True)
+            if args.dry_run:
+                continue
+            with open(results / "commands.log", "a") as log:
+                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            if subprocess.run(cmd).returncode != 0:
+                print(f"stage {name} failed: {line}", file=sys.stderr)
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
