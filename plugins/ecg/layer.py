@@ -226,14 +226,14 @@ class EcgConv(Adapter):
         self._conv_ran_sparse = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._conv_ran_sparse = self.sparse and not self.training
+        self._conv_ran_sparse = self.sparse and not self.training and supported(self.base_layer)
         if not self._conv_ran_sparse:
             return self.base_layer(self.gate(x))
         tile = self.tile or self.gate.tile or None
         on_gate_tiles = bool(self.gate.tile) and tile == self.gate.tile
         # On the gate's own tiles the sparse loops read only live (tile, channel) blocks of x, so the mask need
         # not even be applied (a full read and write of x saved).
-        lazy = on_gate_tiles and supported(self.base_layer)
+        lazy = on_gate_tiles
         gated, tile_mask = self.gate.gate_eval(x, apply=not lazy)
         return sparse_conv(self.base_layer, gated, tile, tile_mask=tile_mask if on_gate_tiles else None,
                            unmasked=lazy)

@@ -109,10 +109,14 @@ def tile_activity(x: torch.Tensor, tile: int) -> torch.Tensor:
 
 
 def _channel_sliced(conv, x: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
-    """The dense kernel on the channels that are non-zero somewhere in the image."""
-    if bool(channels.all()):
-        return conv(x)
+    """The dense kernel on the channels that are non-zero somewhere in the image (functional calls only: the
+    module itself never runs on this path, so MAC counting hooks see the gated module alone)."""
     idx = channels.nonzero().squeeze(1)
+    if bool(channels.all()):
+        if isinstance(conv, nn.ConvTranspose2d):
+            return F.conv_transpose2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.output_padding, 1,
+                                      conv.dilation)
+        return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
     if isinstance(conv, nn.ConvTranspose2d):
         return F.conv_transpose2d(x.index_select(1, idx), conv.weight.index_select(0, idx), conv.bias, conv.stride,
                                   conv.padding, conv.output_padding, 1, conv.dilation)
