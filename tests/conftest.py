@@ -15,6 +15,9 @@ from vrtk.zoo import BaseSpec  # noqa: E402
 
 TINY_KWARGS = {"N": 8, "M": 12}
 
+# Tiny models gain nothing from intra-op threads, and on a busy 2-core machine threads cost up to 10x.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def fresh_registry():

@@ -36,6 +36,7 @@ def vrtk_register_recipes(register):
 def vrtk_set_rate(model, lmbda):
     """Set the rate (a Lagrange multiplier lambda) on this plugin's rate-dependent modules in ``model``.
 
+    ``lmbda=None`` clears it again (``vrtk.rate.use_rate`` does so when its block ends).
     Return the number of modules that took the rate (0 or None when the plugin has none in this model).
     Called before forward, compress and decompress; the .vrtk container carries ``lmbda`` to the decoder.
     """

@@ -105,7 +105,7 @@ def extend(wrapped: WrappedModel, plugins: list[str], plugin_configs: dict[str, 
         injector = registry.injector(name)
         config = injector.make_config(plugin_configs.pop(name, None))
         sites = injector.inject(wrapped.net, config)
-        if not wrapped.lambdas and injector.rate_range(config):
+        if len(wrapped.lambdas) <= 1 and injector.rate_range(config):
             wrapped.lambdas = sorted(float(x) for x in injector.rate_range(config))
         info = registry.infos.get(registry.injector_owner[name])
         wrapped.plugins.append(PluginUse(name, asdict(config), info.version if info else None))

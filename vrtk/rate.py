@@ -53,5 +53,11 @@ def use_rate(model, lmbda: float | None, registry=None) -> Iterator[None]:
     from vrtk.plugin_manager import get_registry
 
     registry = registry or get_registry()
+    stack = model.__dict__.setdefault("_vrtk_rate_stack", [])  # nested blocks restore the outer rate
+    stack.append(float(lmbda))
     registry.call("vrtk_set_rate", model=model, lmbda=float(lmbda))
-    yield
+    try:
+        yield
+    finally:  # a rate never outlives its block: a later call without one fails loudly instead
+        stack.pop()
+        registry.call("vrtk_set_rate", model=model, lmbda=stack[-1] if stack else None)

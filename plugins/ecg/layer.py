@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from vrtk_plugins.ecg.config import EcgConfig
-from vrtk_plugins.ecg.sparse import apply_tile_mask, sparse_conv, supported, tile_sumsq
+from vrtk_plugins.ecg.sparse import DEFAULT_TILE, apply_tile_mask, compute_tile, sparse_conv, supported, tile_sumsq
 
 from vrtk.injection import Adapter
 
@@ -222,21 +222,25 @@ class EcgConv(Adapter):
         self.gate = EnergyGate(base_layer.in_channels, config)
         self.base_layer = base_layer  # registered last: code reading a transform's last `out_channels` finds it
         self.sparse = False  # ecg.sparse: the tiled channel-skipping inference path (same result, less work)
-        self.tile = None  # tile size of the sparse path (None: the gate's tile, else sparse.DEFAULT_TILE)
+        self.tile = None  # tile of the sparse path (None: the gate's tile, doubled until a tile is worth a call)
         self._conv_ran_sparse = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._conv_ran_sparse = self.sparse and not self.training and supported(self.base_layer)
         if not self._conv_ran_sparse:
             return self.base_layer(self.gate(x))
-        tile = self.tile or self.gate.tile or None
+        tile = self.tile or compute_tile(self.base_layer, self.gate.tile or DEFAULT_TILE, x.shape[-2:])
         on_gate_tiles = bool(self.gate.tile) and tile == self.gate.tile
         # On the gate's own tiles the sparse loops read only live (tile, channel) blocks of x, so the mask need
         # not even be applied (a full read and write of x saved).
-        lazy = on_gate_tiles
-        gated, tile_mask = self.gate.gate_eval(x, apply=not lazy)
-        return sparse_conv(self.base_layer, gated, tile, tile_mask=tile_mask if on_gate_tiles else None,
-                           unmasked=lazy)
+        gated, tile_mask = self.gate.gate_eval(x, apply=not on_gate_tiles)
+        if on_gate_tiles:
+            return sparse_conv(self.base_layer, gated, tile, tile_mask=tile_mask, unmasked=True)
+        if tile_mask is not None and tile % self.gate.tile == 0:  # coarser tiles: live if any gate tile in it is
+            factor = tile // self.gate.tile
+            tile_mask = F.max_pool2d(tile_mask.to(x.dtype), factor, ceil_mode=True) > 0
+            return sparse_conv(self.base_layer, gated, tile, tile_mask=tile_mask)
+        return sparse_conv(self.base_layer, gated, tile)
 
     def vrtk_macs(self, inputs, output) -> tuple[int, int]:
         """Gate overhead (x^2 + GAP, compare, mask: 3 ops per element; Conv1d; sigmoid and scaling per channel).
