@@ -24,6 +24,8 @@ def quality_to_lambda(quality: float, lambdas: Sequence[float]) -> float:
         raise RateError(f"quality {quality} is outside the trained range 1..{n}")
     if n == 1:
         return lams[0]
+    if float(quality).is_integer():
+        return lams[int(quality) - 1]  # exactly a trained lambda
     lo = min(int(math.floor(quality)), n - 1)
     frac = quality - lo
     return math.exp((1 - frac) * math.log(lams[lo - 1]) + frac * math.log(lams[lo]))
