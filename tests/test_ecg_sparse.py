@@ -115,3 +115,14 @@ def test_every_tile_convolution_reads_only_live_blocks():
     torch.testing.assert_close(out, conv(masked), atol=1e-4, rtol=1e-5)
     assert len(calls) == int(mask[0].flatten(1).any(0).sum())  # one call per tile with a live channel
     assert sum(calls) == int(mask.sum())  # each call convolves exactly its tile's live channels
+
+
+def test_compute_tiles_grow_until_a_call_is_worth_it():
+    from vrtk_plugins.ecg.sparse import MIN_TILE_MACS, compute_tile
+
+    wide = nn.ConvTranspose2d(128, 128, 5, 2, 2, 1)  # 128*128*25*16^2 MACs per 16x16 tile: already enough
+    assert compute_tile(wide, 16, (128, 192)) == 16
+    narrow = nn.ConvTranspose2d(64, 64, 5, 2, 2, 1)
+    assert compute_tile(narrow, 16, (128, 192)) == 32
+    assert 64 * 64 * 25 * 16 * 16 < MIN_TILE_MACS <= 64 * 64 * 25 * 32 * 32
+    assert compute_tile(nn.Conv2d(8, 8, 3), 16, (40, 24)) == 64  # stops once a tile covers the image

@@ -72,3 +72,19 @@ def test_wrap_json_and_dry_run():
     facts = json.loads(out)
     assert facts["trainable_params"] == facts["all_params"] > 4_000_000
     assert 40 < facts["dense_kmacs_per_pixel"]["encoder"] < 50
+
+
+def test_delta_with_resized_entropy_tables_loads(tmp_path):
+    """Fine-tuning changes the size of the entropy coder's tables; the delta must still load over the base."""
+    torch.manual_seed(1)
+    base = build_base(BaseSpec("bmshj2018-hyperprior", weights="random", arch_kwargs=TINY_KWARGS))
+    base.update(force=True)
+    torch.save(base.state_dict(), tmp_path / "base.pt")
+    wrapped = wrap(BaseSpec("bmshj2018-hyperprior", weights=str(tmp_path / "base.pt"), arch_kwargs=dict(TINY_KWARGS)))
+    with torch.no_grad():
+        wrapped.net.entropy_bottleneck.quantiles[:, :, 0] -= 5.0  # wider support: longer CDF tables
+        wrapped.net.entropy_bottleneck.quantiles[:, :, 2] += 5.0
+    wrapped.net.update(force=True)
+    assert wrapped.net.entropy_bottleneck._quantized_cdf.shape != base.entropy_bottleneck._quantized_cdf.shape
+    save_model(wrapped, tmp_path / "m")
+    assert load_model(tmp_path / "m").fingerprint() == wrapped.fingerprint()

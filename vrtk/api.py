@@ -250,6 +250,9 @@ class Coder:
                 check_lambda(header.lmbda, self.wrapped.lambdas)
             except RateError as exc:
                 raise BitstreamError(f"the file's rate does not fit this model: {exc}") from None
+        if any(len(group) != 1 for group in header.strings):
+            raise BitstreamError(f"damaged .vrtk file: {[len(g) for g in header.strings]} strings per group; a file "
+                                 "holds one image, so one string per group")
         factor = getattr(self.net, "downsampling_factor", None)
         if isinstance(factor, int) and len(header.shape) == 2:
             expected = tuple(-(-d // PAD_MULTIPLE) * PAD_MULTIPLE // factor for d in (header.height, header.width))
@@ -274,7 +277,7 @@ class Coder:
             self.options = dict(header.options)
         try:
             with use_rate(self.net, header.lmbda, self.registry):
-                out = self.net.decompress(header.strings, header.shape)
+                out = self.net.decompress(_guard_strings(self.net, header), header.shape)
         except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
             raise BitstreamError(f"the entropy-coded data does not decode with this model ({exc})") from None
         x_hat = out["x_hat"]
@@ -283,10 +286,26 @@ class Coder:
         if tuple(x_hat.shape[-2:]) != padded:
             raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the header's image size "
                                  f"{header.width}x{header.height}")
-        x_hat = unpad(x_hat, unpadding).clamp(0, 1)[0].cpu()
+        x_hat = unpad(x_hat, unpadding).nan_to_num(0.0).clamp(0, 1)[0].cpu()  # garbage latents can overflow to NaN
         if header.mode == "L":
             x_hat = x_hat.mean(0, keepdim=True).expand(3, -1, -1)
         return Decoded(x_hat, header.mode, header)
+
+
+def _guard_strings(net, header: container.Container) -> list[list[bytes]]:
+    """The strings with zero bytes appended, so CompressAI's rANS decoder stays inside its buffer on damaged data.
+
+    The C++ decoder trusts the stream: it reads a 32-bit word whenever its state runs low, with no end check, so a
+    short or garbled string makes it read past the end of the buffer (a segfault on a large image). It reads at
+    most about one word per decoded symbol, so 8 bytes per symbol of the largest latent (M channels at 1/16 of the
+    padded size) keeps every read inside. A valid stream never reads its padding, so decoding is unchanged."""
+    from vrtk.codec import PAD_MULTIPLE
+
+    padded = [-(-d // PAD_MULTIPLE) * PAD_MULTIPLE for d in (header.height, header.width)]
+    channels = getattr(net, "M", None)
+    channels = channels if isinstance(channels, int) and channels > 0 else 512
+    zeros = bytes(64 + 8 * channels * (padded[0] // 16) * (padded[1] // 16))
+    return [[bytes(s) + zeros for s in group] for group in header.strings]
 
 
 @dataclass

@@ -203,7 +203,8 @@ def load_model(path: str | os.PathLike, registry: Registry | None = None, device
     if unexpected or missing:
         raise ModelError(f"{path}: weights do not fit the rebuilt model; unexpected: {unexpected[:8]}, "
                          f"missing: {missing[:8]}")
-    merged = {**own, **tensors}
+    _fit_buffers(wrapped.net, tensors)
+    merged = {**wrapped.net.state_dict(), **tensors}
     wrapped.net.load_state_dict(merged, strict=True)
     wrapped.lambdas = [float(x) for x in config.get("rate", {}).get("lambdas", [])]
     wrapped.metric = config.get("rate", {}).get("metric", base.metric)
@@ -213,6 +214,16 @@ def load_model(path: str | os.PathLike, registry: Registry | None = None, device
     if device:
         wrapped.net.to(device)
     return wrapped
+
+
+def _fit_buffers(net: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Give buffers the size of the incoming tensors (entropy-coder tables change size with the weights)."""
+    for key, tensor in tensors.items():
+        module_path, _, name = key.rpartition(".")
+        module = net.get_submodule(module_path) if module_path else net
+        buffer = module._buffers.get(name)
+        if buffer is not None and buffer.shape != tensor.shape:
+            module._buffers[name] = torch.empty_like(tensor, device=buffer.device)
 
 
 def resolve_model(name_or_path: str, quality: int | None = None, metric: str = "mse", weights: str = "zoo",
