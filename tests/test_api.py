@@ -22,14 +22,6 @@ from vrtk.plugin_manager import get_registry
 from vrtk.zoo import BaseSpec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def bm_dir(tmp_path):
     tiny_variable_rate_model(tmp_path / "bm", ["bm"])

@@ -49,14 +49,6 @@ def images():
     return [img.float() / 255 for img in synthetic_images(2, 256, 256, seed=7)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_rate_is_monotone_in_lambda(trained, images):
     wrapped = load_model(trained)
     assert wrapped.lambdas == sorted(COMPRESSAI_MSE_LAMBDAS)

@@ -18,14 +18,6 @@ from vrtk.rate import use_rate
 from vrtk.zoo import COMPRESSAI_MSE_LAMBDAS, BaseSpec, build_base
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(plugins, seed=0, **configs):
     torch.manual_seed(seed)
     spec = BaseSpec(arch="bmshj2018-hyperprior", weights="random", arch_kwargs=dict(TINY_KWARGS))

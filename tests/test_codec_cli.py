@@ -15,14 +15,6 @@ from test_codec_roundtrip import forward_reconstruction, tiny_variable_rate_mode
 from vrtk.container import parse
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def setup(tmp_path, tiny_images):
     """A bm model folder and a few images of different kinds."""

@@ -137,14 +137,6 @@ def test_header_records_what_the_decoder_needs(tmp_path, tiny_images):
     assert len(header.strings) == 2 and header.options == {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread than on two contended ones (the test machines are busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class Tilt(ChannelModulator):
     """A third-party modulator written only against vrtk.modulation: y * exp(t * p)."""

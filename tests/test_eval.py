@@ -22,15 +22,6 @@ SMALL = (70, 90)  # below pytorch_msssim's 161 px: MS-SSIM must be skipped with 
 LARGE = (176, 168)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: faster than two on a busy 2-core machine, and what a background run leaves us."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture
 def images(tmp_path):
     folder = tmp_path / "images"

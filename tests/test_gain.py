@@ -19,13 +19,6 @@ from vrtk.zoo import COMPRESSAI_MSE_LAMBDAS, BaseSpec
 LAMS = [0.0018, 0.0035, 0.0067, 0.013]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny(plugins, seed=0, **configs):
     torch.manual_seed(seed)
