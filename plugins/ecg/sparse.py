@@ -146,17 +146,26 @@ def _add_bias(out: torch.Tensor, conv) -> torch.Tensor:
     return out
 
 
-def _conv_transpose2d(conv: nn.ConvTranspose2d, x: torch.Tensor, tile: int, active: torch.Tensor,
-                      min_skip: float, lazy_mask: torch.Tensor | None) -> torch.Tensor:
+def _dense_fallback(conv, x: torch.Tensor, tile: int, active: torch.Tensor, min_skip: float,
+                    lazy_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The channel-sliced dense kernel when tiles would skip too little work (or the input is all zero)."""
     skipped = 1.0 - float(active.float().mean())
     channels = active.flatten(1).any(1)
-    if skipped < min_skip or not bool(channels.any()):
-        if lazy_mask is not None:
-            x = apply_tile_mask(x, lazy_mask, tile)
-        if not bool(channels.any()):
-            channels = channels.clone()
-            channels[0] = True  # an all-zero input: one (zero) channel gives the bias-only output
-        return _channel_sliced(conv, x, channels)
+    if skipped >= min_skip and bool(channels.any()):
+        return None
+    if lazy_mask is not None:
+        x = apply_tile_mask(x, lazy_mask, tile)
+    if not bool(channels.any()):
+        channels = channels.clone()
+        channels[0] = True  # an all-zero input: one (zero) channel gives the bias-only output
+    return _channel_sliced(conv, x, channels)
+
+
+def _conv_transpose2d(conv: nn.ConvTranspose2d, x: torch.Tensor, tile: int, active: torch.Tensor,
+                      min_skip: float, lazy_mask: torch.Tensor | None) -> torch.Tensor:
+    dense = _dense_fallback(conv, x, tile, active, min_skip, lazy_mask)
+    if dense is not None:
+        return dense
     (s_h, s_w), (p_h, p_w), (d_h, d_w) = conv.stride, conv.padding, conv.dilation
     (k_h, k_w), (op_h, op_w) = conv.kernel_size, conv.output_padding
     h, w = x.shape[-2:]
@@ -195,15 +204,9 @@ def _conv2d(conv: nn.Conv2d, x: torch.Tensor, tile: int, active: torch.Tensor, m
     """Scatter form: conv(x) = sum over input tiles of conv(tile, zero elsewhere). Each tile is convolved with its
     live channels over the outputs its receptive fields reach, and added in. (A gather over output tiles would
     have to take the union of the live channels of every tile under its receptive field, halo included.)"""
-    skipped = 1.0 - float(active.float().mean())
-    channels = active.flatten(1).any(1)
-    if skipped < min_skip or not bool(channels.any()):
-        if lazy_mask is not None:
-            x = apply_tile_mask(x, lazy_mask, tile)
-        if not bool(channels.any()):
-            channels = channels.clone()
-            channels[0] = True
-        return _channel_sliced(conv, x, channels)
+    dense = _dense_fallback(conv, x, tile, active, min_skip, lazy_mask)
+    if dense is not None:
+        return dense
     (s_h, s_w), (p_h, p_w), (d_h, d_w) = conv.stride, conv.padding, conv.dilation
     k_h, k_w = conv.kernel_size
     h, w = x.shape[-2:]

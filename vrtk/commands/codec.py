@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from vrtk.commands.common import add_model_args, add_rate_args, load_from_args
+from vrtk.commands.common import add_model_args, add_rate_args, load_from_args, parse_options
 from vrtk.errors import ImageError, VrtkError
 
 
@@ -43,18 +43,6 @@ def plan_outputs(inputs: list[str], output: str, suffix: str, force: bool) -> li
         raise VrtkError(f"output exists: {shown} (use --force to replace)")
     return targets
 
-
-def parse_options(items: list[str]) -> dict:
-    """``--option ecg.scale=0.5`` -> {"ecg.scale": 0.5} (values are YAML)."""
-    import yaml
-
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise VrtkError(f"--option {item!r}: expected KEY=VALUE, e.g. ecg.scale=0.5")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def warn(message: str) -> None:

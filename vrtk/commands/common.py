@@ -49,3 +49,18 @@ def add_rate_args(parser) -> None:
     group.add_argument("--rate-quality", dest="rate_quality", type=float, default=None,
                        help="rate as a continuous quality 1..n over the trained lambdas")
     group.add_argument("--target-bpp", type=float, default=None, help="search the rate per image for this bpp")
+
+
+def parse_options(items: list[str]) -> dict:
+    """``--option ecg.scale=0.5`` -> {"ecg.scale": 0.5} (values are YAML scalars)."""
+    import yaml
+
+    from vrtk.errors import VrtkError
+
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise VrtkError(f"--option {item!r}: expected KEY=VALUE, e.g. ecg.scale=0.5")
+        options[key.strip()] = yaml.safe_load(value)
+    return options

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from vrtk.commands.common import add_model_args
+from vrtk.commands.common import add_model_args, parse_options
 from vrtk.errors import VrtkError
 
 
@@ -18,18 +18,6 @@ def parse_floats(text: str, what: str) -> list[float]:
         raise VrtkError(f"{what}: no values")
     return values
 
-
-def parse_options(items: list[str]) -> dict:
-    """``--option ecg.scale=0.5`` -> {"ecg.scale": 0.5} (values parsed as YAML scalars)."""
-    import yaml
-
-    options = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise VrtkError(f"--option {item!r}: expected KEY=VALUE, e.g. ecg.scale=0.5")
-        options[key.strip()] = yaml.safe_load(value)
-    return options
 
 
 def command_line(parser, args) -> str:
