@@ -19,23 +19,38 @@ import sys
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from vrtk.fileio import write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
 ECG_LAMBDAS = (0.0018, 0.0035, 0.0130)
+FIXED_LAMBDAS = ("0.0018", "0.0035", "0.0067", "0.013", "0.025")
+# the results (JSON stems) the report is built from
+REPORT_INPUTS = ("jpeg", "webp", "default", *[f"fixed-{lam}" for lam in FIXED_LAMBDAS], "bm", "gain",
+                 *[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-tile16", "ecg-channel", "ecg-bm")
+REFERENCES = ("compressai-bmshj2018-hyperprior_mse_cuda.json", "bmshj2018-hyperprior-vbr-ans.json")
 
 
 def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
-           ) -> list[tuple[str, list[list[str]], Path]]:
-    """(name, commands, output that marks it done) in dependency order."""
+           ) -> list[tuple[str, list[list[str] | tuple[list[str], Path]], Path]]:
+    """(name, commands, output that marks it done) in dependency order. A command given as (argv, file) has its
+    standard output saved to that file too (benchmarks that print their measurements)."""
     def run(recipe: str, name: str, *extra: str) -> list[str]:
         return ["vrtk", "run", recipe, "profile=cpu", f"out={runs / name}", f"data={train}", f"threads={threads}",
                 "--no-progress", *extra]
 
     def evaluate(model: Path | str, out: str, *extra: str) -> list[str]:
-        return ["vrtk", "eval", str(model), "--data", str(kodak), "-o", str(results / out), "--threads", "2",
+        return ["vrtk", "eval", str(model), "--data", str(kodak), "-o", str(results / out), "--threads", str(threads),
                 "--no-progress", *extra]
 
-    fixed = runs / "fixed-rate"
-    fixed_lambdas = ("0.0018", "0.0035", "0.0067", "0.013", "0.025")
+    def bench(script: str, *extra: str) -> list[str]:
+        return [sys.executable, str(REPO / "benchmarks" / script), "--data", str(kodak), "--threads", str(threads),
+                *extra]
+
+    fixed, fixed_lambdas = runs / "fixed-rate", FIXED_LAMBDAS
+    ecg_mid = runs / "ecg-0.0035" / "model"
+    tiled = runs / "ecg-tile16-0.0035" / "model"
+    channel = runs / "ecg-channel-0.0035" / "model"
     out = [
         ("anchors", [["vrtk", "eval", "--codec", c, "--data", str(kodak), "-o", str(results / f"{c}.json"),
                       "--no-progress"] for c in ("jpeg", "webp")], results / "webp.json"),
@@ -56,14 +71,50 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
         out.append((f"ecg-{lam:g}-eval", [evaluate(runs / f"ecg-{lam:g}" / "model", f"ecg-{lam:g}.json",
                                                     "--group", "ecg")], results / f"ecg-{lam:g}.json"))
     out += [
-        ("ecg-bm", [run("ecg-bm-finetune", "ecg-bm", f"model={runs / 'ecg-0.0035' / 'model'}")],
+        ("ecg-tile16", [run("ecg-finetune", "ecg-tile16-0.0035", "lambdas=[0.0035]", "plugin_config.ecg.gate_tile=16")],
+         tiled),
+        ("ecg-tile16-eval", [evaluate(tiled, "ecg-tile16.json", "--name", "ecg (16x16 tiles)")],
+         results / "ecg-tile16.json"),
+        ("ecg-channel", [run("ecg-finetune", "ecg-channel-0.0035", "lambdas=[0.0035]",
+                             "plugin_config.ecg.gate_tile=-1")], channel),
+        ("ecg-channel-eval", [evaluate(channel, "ecg-channel.json", "--name", "ecg (whole channels)")],
+         results / "ecg-channel.json"),
+        # wall-clock, dense vs gated side by side, in channels-last (2-4x faster transposed convolutions on CPU)
+        ("ecg-speed", [(bench("ecg_speed.py", "--model", str(model), "--repeats", "3", "--channels-last"),
+                        results / f"{name}.txt")
+                       for model, name in ((ecg_mid, "speed-ecg"), (tiled, "speed-ecg-tile16"),
+                                           (channel, "speed-ecg-channel"))],
+         results / "speed-ecg-channel.txt"),
+        ("ecg-knob", [(bench("ecg_knob.py", str(ecg_mid), "--reference", str(fixed / "lambda-0.0035" / "model")),
+                       results / "knob-ecg.txt")], results / "knob-ecg.txt"),
+        ("ecg-bm", [run("ecg-bm-finetune", "ecg-bm", f"model={ecg_mid}")],
          runs / "ecg-bm" / "model"),
         ("ecg-bm-eval", [evaluate(runs / "ecg-bm" / "model", "ecg-bm.json", "--n-points", "16", "--name", "ecg+bm")],
          results / "ecg-bm.json"),
-        ("report", [["vrtk", "report", *[str(p) for p in sorted(results.glob("*.json"))], "-o",
-                     str(results / "report"), "--anchor", "fixed-rate"]], results / "report" / "report.md"),
+        ("report", [["vrtk", "report", *[str(results / f"{n}.json") for n in REPORT_INPUTS], "-o",
+                     str(results / "report"), "--anchor", "fixed-rate", "--title", "vrtk: the paper at CPU scale",
+                     "--reference", str(DATA / "reference-rd" / "kodak"),
+                     *[a for r in REFERENCES for a in ("--reference-match", r)]]], results / "report" / "report.md"),
     ]
     return out
+
+
+def run_command(entry, results: Path, dry_run: bool) -> bool:
+    """Run one stage command (printed and logged); False if it failed."""
+    cmd, capture = entry if isinstance(entry, tuple) else (entry, None)
+    line = shlex.join(cmd) + (f" > {capture}" if capture else "")
+    print(line, flush=True)
+    if dry_run:
+        return True
+    with open(results / "commands.log", "a") as log:
+        log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+    if capture is None:
+        return subprocess.run(cmd).returncode == 0
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    print(done.stdout, end="", flush=True)
+    if done.returncode == 0:
+        write_text_atomic(capture, done.stdout)
+    return done.returncode == 0
 
 
 def main() -> int:
@@ -92,20 +143,16 @@ def main() -> int:
     for name, commands, done in plan:
         if (wanted and name not in wanted) or (done.exists() and name != "report"):
             continue
-        for cmd in commands:
-            target = Path(cmd[cmd.index("-o") + 1]) if "-o" in cmd and "eval" in cmd else None
+        for entry in commands:
+            cmd, capture = entry if isinstance(entry, tuple) else (entry, None)
+            target = Path(cmd[cmd.index("-o") + 1]) if "-o" in cmd and "eval" in cmd else capture
             if target is not None and target.exists():
                 continue
             if cmd[1] == "run" and (Path(cmd[4].split("=", 1)[1]) / "config.yaml").exists():
                 cmd = [*cmd, "--resume"]
-            line = shlex.join(cmd)
-            print(f"[{name}] {line}", flush=True)
-            if args.dry_run:
-                continue
-            with open(results / "commands.log", "a") as log:
-                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
-            if subprocess.run(cmd).returncode != 0:
-                print(f"stage {name} failed: {line}", file=sys.stderr)
+            print(f"[{name}] ", end="")
+            if not run_command((cmd, capture) if capture else cmd, results, args.dry_run):
+                print(f"stage {name} failed: {shlex.join(cmd)}", file=sys.stderr)
                 return 1
     return 0
 

@@ -71,7 +71,7 @@ def test_tile_helpers(channels_last):
     assert tile_sumsq(x, 5) is None
 
 
-@pytest.mark.parametrize("gate_tile", [0, 8])
+@pytest.mark.parametrize("gate_tile", [0, 8, -1])
 def test_sparse_option_decodes_the_same_image_and_counts_the_same_macs(gate_tile):
     wrapped = tiny(configs={"ecg": {"gate_tile": gate_tile}})
     net = wrapped.net.eval()

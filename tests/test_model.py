@@ -88,3 +88,38 @@ def test_delta_with_resized_entropy_tables_loads(tmp_path):
     assert wrapped.net.entropy_bottleneck._quantized_cdf.shape != base.entropy_bottleneck._quantized_cdf.shape
     save_model(wrapped, tmp_path / "m")
     assert load_model(tmp_path / "m").fingerprint() == wrapped.fingerprint()
+
+
+def test_convert_to_half_halves_the_folder_and_codes_end_to_end(tmp_path):
+    """`vrtk convert --half`: fp16 parameters, exact buffers, a new folder; the result compresses and decompresses
+    with real entropy coding, and its reconstruction stays within fp16 rounding of the fp32 model's."""
+    from vrtk.api import Coder
+    from vrtk.data import synthetic_images
+
+    torch.manual_seed(0)
+    wrapped = wrap(BaseSpec("bmshj2018-hyperprior", weights="random", arch_kwargs={"N": 16, "M": 24}), ["bm"])
+    wrapped.net.update(force=True)
+    save_model(wrapped, tmp_path / "fp32")
+    code, out, err = run_cli("convert", str(tmp_path / "fp32"), "-o", str(tmp_path / "fp16"), "--half")
+    assert code == 0, err
+    assert "new model fingerprint" in out
+    size = {name: (tmp_path / name / "model.safetensors").stat().st_size for name in ("fp32", "fp16")}
+    param_bytes = sum(p.numel() * 4 for p in wrapped.net.parameters())  # entropy-coder tables (int32) stay
+    assert abs(size["fp16"] - (size["fp32"] - param_bytes / 2)) < 0.01 * size["fp32"]
+    config = json.loads((tmp_path / "fp16" / "config.json").read_text())
+    assert config["parameters_dtype"] == "float16"
+    half = load_model(tmp_path / "fp16")
+    state = half.net.state_dict()
+    assert state["gaussian_conditional.likelihood_lower_bound.bound"].item() == pytest.approx(1e-9)
+    original = wrapped.net.state_dict()
+    conv = next(k for k, v in original.items() if k.endswith("weight") and v.dim() == 4)
+    assert state[conv].dtype == torch.float32
+    torch.testing.assert_close(state[conv], original[conv].half().float(), rtol=0, atol=0)
+    image = synthetic_images(1, 64, 64, seed=1)[0]
+    lmbda = wrapped.middle_lambda()
+    fp32, fp16 = (Coder(m).decode(Coder(m).compress(image, lmbda=lmbda).data).tensor for m in (wrapped, half))
+    assert fp16.shape == (3, 64, 64)
+    assert (fp16 - fp32).abs().mean() < 0.01
+    # refuses to write into the input or a non-empty folder
+    code, _, err = run_cli("convert", str(tmp_path / "fp16"), "-o", str(tmp_path / "fp16"), "--half")
+    assert code != 0 and "never overwritten" in err

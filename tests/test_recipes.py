@@ -111,3 +111,18 @@ def test_ddp_on_cpu_with_two_processes(tmp_path):
     assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
     records = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 4 and records[-1]["world_size"] == 2
+
+
+def test_ema_starts_after_the_first_batch_initialised_the_gates(tmp_path):
+    """ECG sets alpha from the first batch (init_sparsity); an EMA copied before that would keep alpha_init
+    (1e-4) for thousands of steps. timm's EMA copies the weights outright on its first updates (decay 0 for
+    step <= 1, which the runner passes); two steps with EMA must end near two steps without it."""
+    def alphas(ema: str) -> dict:
+        config = resolve("ecg-finetune", ["profile=test", "steps=2", f"ema={ema}", f"out={tmp_path / ema}"])
+        weights = _weights(run_recipe(config, progress=False)[0])
+        return {k: float(v.float().mean()) for k, v in weights.items() if k.endswith("gate.alpha")}
+
+    plain, averaged = alphas("0"), alphas("0.999")
+    assert plain and plain.keys() == averaged.keys()
+    for key, value in plain.items():
+        assert averaged[key] == pytest.approx(value, rel=0.1), key

@@ -139,7 +139,10 @@ def test_flops_table_arithmetic():
                  kmacs=kmacs, sparsity=[{}, {}, {}])
     gated = Curve("gated", "variable", bpp=[0.4], psnr=[31.68], lambdas=[2.0],
                   kmacs={"encoder_dense": [100.0], "encoder_effective": [40.0], "decoder_dense": [100.0],
-                         "decoder_effective": [60.0]}, sparsity=[{"x/g_a.2/sparsity": 0.5, "x/g_s.4/sparsity": 0.7}])
+                         "decoder_effective": [60.0]}, sparsity=[{"x/g_a.2/sparsity": 0.5, "x/g_s.4/sparsity": 0.7}],
+                  layer_kmacs=[{"encoder": {"g_a.0": [10.0, 10.0], "g_a.2": [1.0, 1.0], "g_a.2.base_layer": [40.0, 15.0]},
+                                "decoder": {"g_s.4": [2.0, 2.0], "g_s.4.base_layer": [40.0, 2.0],
+                                            "g_s.6": [10.0, 9.0]}}])
     rows = flops_table([base, gated], base)
     gated_row = [r for r in rows if r["curve"] == "gated"][0]
     assert gated_row["baseline_psnr"] == pytest.approx(32.0)
@@ -147,4 +150,9 @@ def test_flops_table_arithmetic():
     assert gated_row["reduction_vs_dense"] == pytest.approx(2.0)
     assert gated_row["reduction_vs_baseline"] == pytest.approx(2.0)
     assert gated_row["mean_sparsity"] == pytest.approx(0.6)
+    # gated layers only: dense 40 + 40 of the wrapped convs over effective 15 + 2 plus the gates' 1 + 2
+    assert gated_row["gated_kmacs_dense"] == pytest.approx(80.0)
+    assert gated_row["gated_kmacs_effective"] == pytest.approx(20.0)
+    assert gated_row["gated_reduction"] == pytest.approx(4.0)
+    assert all(r["gated_reduction"] is None for r in rows if r["curve"] == "base")
     assert all(r["psnr_drop_percent"] is None for r in rows if r["curve"] == "base")

@@ -127,3 +127,33 @@ def test_user_class_with_kwargs(tmp_path, monkeypatch):
 def test_bad_arch_kwargs_is_a_clear_error():
     code, _, err = run_cli("wrap", "bmshj2018-hyperprior", "--weights", "random", "--arch-kwargs", "{N:8}")
     assert code == 2 and "--arch-kwargs is not JSON" in err
+
+
+def test_export_default_keeps_buffers_exact(tmp_path, monkeypatch):
+    """fp16 for learned parameters only: the likelihood floor (1e-9) must survive, or fine-tuning hits log(0)."""
+    import vrtk.zoo as zoo
+    from vrtk.model import save_model, wrap
+
+    torch.manual_seed(0)
+    wrapped = wrap(BaseSpec("bmshj2018-hyperprior", weights="random", arch_kwargs={"N": 8, "M": 12}))
+    wrapped.lambdas = [0.0035]
+    wrapped.net.update(force=True)
+    folder = save_model(wrapped, tmp_path / "base")
+    files = (tmp_path / "default.safetensors", tmp_path / "default.json")
+    monkeypatch.setattr(zoo, "default_model_files", lambda: files)
+    zoo.export_default(folder, "test")
+    rebuilt = zoo.build_base(BaseSpec("default", weights="default"))
+    state = rebuilt.state_dict()
+    for key in ("gaussian_conditional.likelihood_lower_bound.bound", "entropy_bottleneck.likelihood_lower_bound.bound"):
+        assert state[key].item() == pytest.approx(1e-9)
+    original = wrapped.net.state_dict()
+    assert torch.equal(state["g_a.0.weight"], original["g_a.0.weight"].half().float())
+    assert files[0].stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -180,6 +180,12 @@ class CodecMacs:
         return {"encoder_dense": self.encoder.dense / p, "encoder_effective": self.encoder.effective / p,
                 "decoder_dense": self.decoder.dense / p, "decoder_effective": self.decoder.effective / p}
 
+    def layer_kmacs_per_pixel(self) -> dict[str, dict[str, list[float]]]:
+        """``{"encoder"|"decoder": {module path: [dense, effective]}}`` in kMACs per pixel."""
+        p = self.pixels * 1000.0
+        return {side: {name: [d / p, e / p] for name, (d, e) in count.per_layer.items()}
+                for side, count in (("encoder", self.encoder), ("decoder", self.decoder))}
+
 
 @torch.no_grad()
 def measure_codec_macs(net: nn.Module, x: torch.Tensor, lmbda: float | None = None, registry=None) -> CodecMacs:

@@ -104,7 +104,9 @@ def extend(wrapped: WrappedModel, plugins: list[str], plugin_configs: dict[str, 
             raise PluginError(f"plugin {name!r} is listed twice")
         injector = registry.injector(name)
         config = injector.make_config(plugin_configs.pop(name, None))
+        earlier = _modules_of(wrapped.net, wrapped.sites)
         sites = injector.inject(wrapped.net, config)
+        _follow_moves(wrapped.net, earlier)
         if len(wrapped.lambdas) <= 1 and injector.rate_range(config):
             wrapped.lambdas = sorted(float(x) for x in injector.rate_range(config))
         info = registry.infos.get(registry.injector_owner[name])
@@ -113,6 +115,20 @@ def extend(wrapped: WrappedModel, plugins: list[str], plugin_configs: dict[str, 
     if plugin_configs:
         raise PluginError(f"configuration given for plugins not in the list: {sorted(plugin_configs)}")
     return wrapped
+
+
+def _modules_of(net: nn.Module, sites: list[Site]) -> dict[int, Site]:
+    """Site of each module an earlier plugin changed, by module identity."""
+    modules = dict(net.named_modules())
+    return {id(modules[s.path]): s for s in sites if s.path in modules}
+
+
+def _follow_moves(net: nn.Module, sites_by_module: dict[int, Site]) -> None:
+    """A later plugin may wrap a parent of an earlier site (bm wraps g_a: g_a.2 becomes g_a.0.2): re-read paths."""
+    for name, module in net.named_modules():
+        site = sites_by_module.get(id(module))
+        if site is not None:
+            site.path = name
 
 
 def plan(base: BaseSpec, plugins: list[str], plugin_configs: dict[str, dict] | None = None,
@@ -143,18 +159,28 @@ def _delta_state(wrapped: WrappedModel) -> dict[str, torch.Tensor]:
     return delta
 
 
-def save_model(wrapped: WrappedModel, out_dir: str | os.PathLike, full: bool | None = None) -> Path:
-    """Write the checkpoint folder atomically, file by file; a delta unless the base cannot be rebuilt."""
+def save_model(wrapped: WrappedModel, out_dir: str | os.PathLike, full: bool | None = None,
+               half: bool = False) -> Path:
+    """Write the checkpoint folder atomically, file by file; a delta unless the base cannot be rebuilt.
+
+    ``half`` stores the learned parameters in fp16 (half the bytes; buffers stay exact). The loaded model is fp32
+    with those rounded values, so encoder and decoder that load the same folder still agree bit for bit."""
     from safetensors.torch import save_file
+
+    from vrtk.zoo import half_parameters
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if full is None:
         full = wrapped.base.weights == "random" or wrapped.base_state is None
     tensors = wrapped.net.state_dict() if full else _delta_state(wrapped)
+    if half:
+        tensors = half_parameters(wrapped.net, tensors)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    config = wrapped.config("full" if full else "delta")
+    config["parameters_dtype"] = "float16" if half else "float32"
     write_with_atomic(out_dir / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp)))
-    write_json_atomic(out_dir / CONFIG_NAME, wrapped.config("full" if full else "delta"))
+    write_json_atomic(out_dir / CONFIG_NAME, config)
     return out_dir
 
 

@@ -1,7 +1,8 @@
 """Inference options that plugins understand (e.g. ``ecg.scale`` or ``ecg.sparse``), applied through a hook.
 
-An option that changes what the decoder computes (like ``ecg.scale``) must travel in the .vrtk header so the
-decoder applies the same value; options only about speed (``ecg.sparse``) need not.
+Every option given to the encoder travels in the .vrtk header and the decoder applies the same values. For an
+option that changes what the decoder computes (``ecg.scale``) that is required; for one that is only about speed
+(``ecg.sparse``: same output, less work) it costs a few header bytes and makes the decoder take the same path.
 """
 
 from __future__ import annotations

@@ -380,8 +380,17 @@ def _build_default(spec: BaseSpec) -> nn.Module:
     return model.eval()
 
 
+def half_parameters(net: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with the learned float parameters of ``net`` in fp16 and every buffer as it is: fp16 would turn
+    CompressAI's likelihood floor (1e-9) into 0, and entropy-coder tables must stay exact. Loading casts back."""
+    learned = {name for name, _ in net.named_parameters()}
+    return {k: v.half() if k in learned and v.is_floating_point() else v for k, v in tensors.items()}
+
+
 def export_default(model_dir: str | os.PathLike, command: str, notes: dict | None = None) -> Path:
-    """Store a trained base (a vrtk model folder without plugins) as the embedded default, in fp16."""
+    """Store a trained base (a vrtk model folder without plugins) as the embedded default: learned parameters
+    in fp16, buffers as they are -- fp16 would turn CompressAI's likelihood floor (1e-9) into 0, and a single
+    zero likelihood makes the rate term infinite when the model is fine-tuned."""
     from safetensors.torch import save_file
 
     from vrtk.fileio import write_json_atomic, write_with_atomic
@@ -392,12 +401,12 @@ def export_default(model_dir: str | os.PathLike, command: str, notes: dict | Non
         raise ModelError("the default model is a plain base; this model has plugins")
     if len(wrapped.lambdas) != 1:
         raise ModelError("the default model must be trained at exactly one lambda")
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in wrapped.net.state_dict().items()}
+    state = {k: v.contiguous() for k, v in half_parameters(wrapped.net, wrapped.net.state_dict()).items()}
     weights, meta = default_model_files()
     write_with_atomic(weights, lambda tmp: save_file(state, str(tmp)))
     arch = wrapped.base.arch
     info = {"arch": arch, "arch_kwargs": wrapped.base.arch_kwargs, "metric": wrapped.metric,
-            "lambda": wrapped.lambdas[0], "dtype": "float16", "made_by": command,
+            "lambda": wrapped.lambdas[0], "dtype": "float16 parameters, buffers as trained", "made_by": command,
             "training": wrapped.extra.get("training", {}), **(notes or {})}
     write_json_atomic(meta, info)
     return weights

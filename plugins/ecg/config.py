@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from vrtk.errors import PluginError
 
 ESTIMATORS = ("ste", "soft")
+CHANNEL = -1  # gate_tile value: one decision per (image, channel)
 INIT_SCOPES = ("channel", "layer")
 
 
@@ -26,6 +27,8 @@ class EcgConfig:
     Granularity: ``gate_tile=0`` decides per element (paper). ``gate_tile=T`` compares the mean energy of each
     T x T tile of a channel with the threshold instead (our deviation): element-wise zeros save FLOPs but no CPU
     time, whole (tile, channel) blocks let the sparse inference path skip work (see sparse.py and the README).
+    ``gate_tile=-1`` (``CHANNEL``) decides per channel and image: a channel whose mean energy GAP(x^2) is below
+    its threshold is dropped whole, and the sparse path runs one convolution on the surviving channels.
 
     Losses: gamma * sum ||alpha - alpha_t||^2 (paper, gamma = alpha_t = 1e-4), plus, when ``sparsity_target``
     is set, ``sparsity_weight`` * sum over layers of max(0, target - sparsity)^2, where the sparsity is the
@@ -47,7 +50,7 @@ class EcgConfig:
     sparsity_target: float = 0.0  # 0 = no sparsity penalty (the paper's loss only)
     sparsity_weight: float = 1.0
     sparsity_ramp: int = 0
-    gate_tile: int = 0  # 0: element-wise mask (paper); T > 0: one decision per channel and T x T tile (deviation)
+    gate_tile: int = 0  # 0: element-wise (paper); T > 0: per channel and T x T tile; -1: per channel (deviations)
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -58,8 +61,9 @@ class EcgConfig:
             raise PluginError(f"ecg: init_sparsity must be in [0, 1), not {self.init_sparsity}")
         if not 0.0 <= float(self.sparsity_target) < 1.0:
             raise PluginError(f"ecg: sparsity_target must be in [0, 1), not {self.sparsity_target}")
-        if int(self.gate_tile) < 0:
-            raise PluginError(f"ecg: gate_tile must be 0 (element-wise) or a tile size, not {self.gate_tile}")
+        if int(self.gate_tile) < CHANNEL:
+            raise PluginError(f"ecg: gate_tile must be 0 (element-wise), a tile size, or {CHANNEL} (whole "
+                              f"channels), not {self.gate_tile}")
         if self.eps <= 0:
             raise PluginError(f"ecg: eps must be positive, not {self.eps}")
         if isinstance(self.targets, str):

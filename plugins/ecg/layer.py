@@ -23,8 +23,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vrtk_plugins.ecg.config import EcgConfig
-from vrtk_plugins.ecg.sparse import DEFAULT_TILE, apply_tile_mask, compute_tile, sparse_conv, supported, tile_sumsq
+from vrtk_plugins.ecg.config import CHANNEL, EcgConfig
+from vrtk_plugins.ecg.sparse import (DEFAULT_TILE, apply_tile_mask, channel_sliced, compute_tile, sparse_conv,
+                                     supported, tile_sumsq)
 
 from vrtk.injection import Adapter
 
@@ -54,14 +55,16 @@ class EnergyGate(nn.Module):
     """Zeroes the elements of x whose energy x^2 falls below a per-image, per-channel threshold.
 
     With ``config.gate_tile = T`` the energy compared is the mean of x^2 over each T x T tile of a channel, and the
-    whole tile is kept or zeroed (structured zeros the sparse path can skip).
+    whole tile is kept or zeroed (structured zeros the sparse path can skip); with ``CHANNEL`` it is the channel's
+    mean energy, and whole channels are kept or zeroed.
     """
 
     def __init__(self, channels: int, config: EcgConfig):
         super().__init__()
         k = eca_kernel_size(channels)
         self.config = config
-        self.tile = int(config.gate_tile)
+        self.per_channel = int(config.gate_tile) == CHANNEL
+        self.tile = max(int(config.gate_tile), 0)  # 0 for element and channel gates: no tile grid
         # ECA's Conv1d over the channel axis, kept as a bare weight (initialised as nn.Conv1d would be) so that code
         # scanning a model for convolutions (placement, FLOPs, `out_channels` lookups) never mistakes it for one.
         self.eca_weight = nn.Parameter(torch.empty(1, 1, k))
@@ -98,13 +101,17 @@ class EnergyGate(nn.Module):
 
     def statistic(self, x2: torch.Tensor) -> torch.Tensor:
         """What training compares with the threshold: x^2 itself, or its mean over each tile (partial tiles at the
-        edge are averaged over their valid part)."""
+        edge are averaged over their valid part), or over the whole channel."""
+        if self.per_channel:
+            return x2.mean(dim=(-2, -1), keepdim=True)
         if not self.tile:
             return x2
         return F.avg_pool2d(x2, self.tile, ceil_mode=True)
 
     def expand(self, m: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """A per-tile mask back at full resolution."""
+        """A per-tile (or per-channel) mask back at full resolution."""
+        if self.per_channel:
+            return m.expand_as(like)
         if not self.tile:
             return m
         h, w = like.shape[-2:]
@@ -113,7 +120,7 @@ class EnergyGate(nn.Module):
     def hard_mask(self, x: torch.Tensor) -> torch.Tensor:
         """The boolean mask eval and real coding use (full resolution)."""
         with torch.no_grad():
-            if self.tile:
+            if self.tile or self.per_channel:
                 _, tile_mask = self.gate_eval(x, apply=False)
                 return self.expand(tile_mask, x)
             return self.gate_eval(x)[0] != 0  # element mode: zero inputs are zeroed unless th <= 0
@@ -143,7 +150,14 @@ class EnergyGate(nn.Module):
         """Hard gating for eval and coding: (x * mask, or x itself when ``apply`` is False; the tile mask).
 
         One code path for forward, compress and decompress, so encoder and decoder compute identical masks.
+        The mask returned is per tile (N, C, tiles_h, tiles_w), per channel (N, C, 1, 1), or None (elements).
         """
+        if self.per_channel:
+            energy = (x * x).mean(dim=(-2, -1))
+            channel_mask = (energy > self._threshold_from(energy))[..., None, None]
+            self.last_sparsity = 1.0 - float(channel_mask.float().mean())
+            self.last_tile_mask = channel_mask
+            return (x * channel_mask if apply else x), channel_mask
         if self.tile:
             stat, energy = self.tile_energy(x)
             th = self._threshold_from(energy)
@@ -199,7 +213,8 @@ class EnergyGate(nn.Module):
         energy = x2.mean(dim=(-2, -1))
         omega = self.omega(energy)
         denom = omega * (energy if self.config.energy_relative else 1.0) * self.scale
-        ratio = self.expand(self.statistic(x2), x) / denom.clamp_min(TINY)[..., None, None]
+        stat = self.statistic(x2)  # per channel: one value per image, not H x W copies of it
+        ratio = (stat if self.per_channel else self.expand(stat, x)) / denom.clamp_min(TINY)[..., None, None]
         if scope == "layer":
             values = ratio.reshape(1, -1)
         else:
@@ -229,6 +244,10 @@ class EcgConv(Adapter):
         self._conv_ran_sparse = self.sparse and not self.training and supported(self.base_layer)
         if not self._conv_ran_sparse:
             return self.base_layer(self.gate(x))
+        if self.gate.per_channel:  # one convolution over the surviving channels of each image; x is read as is
+            _, channel_mask = self.gate.gate_eval(x, apply=False)
+            return torch.cat([channel_sliced(self.base_layer, x[i:i + 1], channel_mask[i, :, 0, 0])
+                              for i in range(x.shape[0])])
         tile = self.tile or compute_tile(self.base_layer, self.gate.tile or DEFAULT_TILE, x.shape[-2:])
         on_gate_tiles = bool(self.gate.tile) and tile == self.gate.tile
         # On the gate's own tiles the sparse loops read only live (tile, channel) blocks of x, so the mask need

@@ -124,20 +124,26 @@ def tile_activity(x: torch.Tensor, tile: int) -> torch.Tensor:
     return F.max_pool2d(x[0].abs(), tile, ceil_mode=True) > 0
 
 
-def _channel_sliced(conv, x: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
-    """The dense kernel on the channels that are non-zero somewhere in the image (functional calls only: the
-    module itself never runs on this path, so MAC counting hooks see the gated module alone)."""
+def channel_sliced(conv, x: torch.Tensor, channels: torch.Tensor) -> torch.Tensor:
+    """The dense kernel on ``channels`` of x (the ones non-zero somewhere in the image; the others are read as zero).
+
+    Functional calls only: the module itself never runs on this path, so MAC counting hooks see the gated module
+    alone."""
+    if not bool(channels.any()):  # an all-zero input: one (zero) channel gives the bias-only output
+        channels = torch.zeros_like(channels)
+        channels[0] = True
+        x = torch.zeros_like(x[:, :1]).expand_as(x)
     idx = channels.nonzero().squeeze(1)
     if bool(channels.all()):
         if isinstance(conv, nn.ConvTranspose2d):
             return F.conv_transpose2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.output_padding, 1,
                                       conv.dilation)
         return F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+    live = _gather(x, idx, 0, x.shape[-2], 0, x.shape[-1])  # keeps channels-last: 2-4x faster kernels on CPU
     if isinstance(conv, nn.ConvTranspose2d):
-        return F.conv_transpose2d(x.index_select(1, idx), conv.weight.index_select(0, idx), conv.bias, conv.stride,
-                                  conv.padding, conv.output_padding, 1, conv.dilation)
-    return F.conv2d(x.index_select(1, idx), conv.weight.index_select(1, idx), conv.bias, conv.stride, conv.padding,
-                    conv.dilation)
+        return F.conv_transpose2d(live, conv.weight.index_select(0, idx), conv.bias, conv.stride, conv.padding,
+                                  conv.output_padding, 1, conv.dilation)
+    return F.conv2d(live, conv.weight.index_select(1, idx), conv.bias, conv.stride, conv.padding, conv.dilation)
 
 
 def _add_bias(out: torch.Tensor, conv) -> torch.Tensor:
@@ -155,10 +161,7 @@ def _dense_fallback(conv, x: torch.Tensor, tile: int, active: torch.Tensor, min_
         return None
     if lazy_mask is not None:
         x = apply_tile_mask(x, lazy_mask, tile)
-    if not bool(channels.any()):
-        channels = channels.clone()
-        channels[0] = True  # an all-zero input: one (zero) channel gives the bias-only output
-    return _channel_sliced(conv, x, channels)
+    return channel_sliced(conv, x, channels)
 
 
 def _conv_transpose2d(conv: nn.ConvTranspose2d, x: torch.Tensor, tile: int, active: torch.Tensor,

@@ -115,6 +115,26 @@ def cmd_wrap(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    """Rewrite a model folder (fp16 parameters, a full checkpoint) into a new folder; the input is never touched."""
+    from pathlib import Path
+
+    from vrtk.errors import ModelError
+    from vrtk.eval.storage import folder_bytes
+    from vrtk.model import load_model, save_model
+
+    source, target = Path(args.model_dir), Path(args.output)
+    if target.exists() and (target.resolve() == source.resolve() or any(target.iterdir())):
+        raise ModelError(f"{target}: exists and is not empty; choose a new folder (the input is never overwritten)")
+    wrapped = load_model(source)
+    save_model(wrapped, target, full=True if args.full else None, half=args.half)
+    before, after = folder_bytes(source)["bytes"], folder_bytes(target)["bytes"]
+    same = load_model(target).fingerprint() == wrapped.fingerprint()
+    print(f"{source} ({before:,} bytes) -> {target} ({after:,} bytes, {100 * after / before:.1f}%); "
+          f"{'same weights' if same else 'parameters rounded to fp16: a new model fingerprint'}")
+    return 0
+
+
 def cmd_export_default(args) -> int:
     from vrtk.zoo import export_default
 
@@ -141,6 +161,13 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--output", default=None, help="model folder to write")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_wrap)
+
+    p = sub.add_parser("convert", help="rewrite a model folder: fp16 parameters (--half), a full checkpoint (--full)")
+    p.add_argument("model_dir", help="a vrtk model folder")
+    p.add_argument("-o", "--output", required=True, help="a new folder (never the input)")
+    p.add_argument("--half", action="store_true", help="learned parameters in fp16 (buffers stay exact)")
+    p.add_argument("--full", action="store_true", help="every tensor, not a delta over the base")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export-default", help="(maintainers) store a trained base as the embedded default model")
     p.add_argument("model_dir", help="a vrtk model folder made by `vrtk run pretrain`")

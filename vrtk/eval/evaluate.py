@@ -94,6 +94,10 @@ def aggregate(records: list[dict], peak_mb: float | None) -> dict:
     if any("kmacs" in r for r in records):
         for key in KMAC_KEYS:
             point[f"kmacs_{key}"] = _mean(r.get("kmacs", {}).get(key) for r in records)
+    layers = [r["layer_kmacs"] for r in records if "layer_kmacs" in r]
+    if layers:
+        point["layer_kmacs"] = {side: {name: [_mean(lay[side][name][j] for lay in layers) for j in (0, 1)]
+                                       for name in layers[0][side]} for side in layers[0]}
     sparsity: dict[str, list[float]] = {}
     for r in records:
         for key, value in r.get("sparsity", {}).items():
@@ -140,7 +144,9 @@ def evaluate_model(wrapped, images: list[EvalImage], lambdas: list[float | None]
                     xp, unpadding = pad(x)
                     record = {"image": image.name, "width": x.shape[-1], "height": x.shape[-2], "lambda": lmbda}
                     if macs:
-                        record["kmacs"] = measure_codec_macs(net, xp, lmbda, registry).kmacs_per_pixel()
+                        counted = measure_codec_macs(net, xp, lmbda, registry)
+                        record["kmacs"] = counted.kmacs_per_pixel()
+                        record["layer_kmacs"] = counted.layer_kmacs_per_pixel()
                     elif index == 0:  # warm-up
                         warm = net.compress(xp)
                         net.decompress(warm["strings"], warm["shape"])
@@ -177,6 +183,8 @@ def results_document(name: str, description: str, points: list[dict], columns: d
     results.update(columns)
     meta = {"format": RESULTS_FORMAT, "format_version": RESULTS_VERSION, **meta,
             "sparsity": [p["sparsity"] for p in points]}
+    if any("layer_kmacs" in p for p in points):
+        meta["layer_kmacs"] = [p.get("layer_kmacs") for p in points]
     return {"name": name, "description": description, "results": results, "vrtk": meta}
 
 

@@ -227,6 +227,26 @@ def _total(curve: Curve, i: int, kind: str) -> float | None:
     return enc + dec if enc is not None and dec is not None else None
 
 
+def gated_layer_kmacs(curve: Curve, i: int) -> tuple[float, float] | None:
+    """(dense, effective) kMACs/px, encoder + decoder, of the layers a plugin reported sparsity for.
+
+    The dense side is the wrapped convolution alone (``<path>.base_layer``, what the base model runs there); the
+    effective side adds whatever the plugin's own module at ``<path>`` counted (a gate's overhead)."""
+    layers = curve.layer_kmacs[i] if i < len(curve.layer_kmacs) else None
+    paths = {layer_label(key) for key in (curve.sparsity[i] if i < len(curve.sparsity) else {})}
+    if not layers or not paths:
+        return None
+    dense = effective = 0.0
+    for side in layers.values():
+        for path in paths:
+            conv = side.get(f"{path}.base_layer") or side.get(path)
+            if conv is None:
+                continue
+            dense += conv[0]
+            effective += conv[1] + (side[path][1] if f"{path}.base_layer" in side and path in side else 0.0)
+    return (dense, effective) if dense else None
+
+
 def flops_table(curves: list[Curve], baseline: Curve | None) -> list[dict]:
     """Per curve and rate: PSNR drop (%) against the baseline at the same bpp, and MAC reductions (x)."""
     base_eff = None
@@ -244,6 +264,7 @@ def flops_table(curves: list[Curve], baseline: Curve | None) -> list[dict]:
             dense, eff = _total(curve, i, "dense"), _total(curve, i, "effective")
             ref, own = matched[i], curve.psnr[i]
             sparsity = curve.sparsity[i] if i < len(curve.sparsity) else {}
+            gated = gated_layer_kmacs(curve, i)
             rows.append({
                 "curve": curve.label, "lambda": curve.lambdas[i], "bpp": curve.bpp[i], "psnr": own,
                 "baseline_psnr": ref,
@@ -252,6 +273,9 @@ def flops_table(curves: list[Curve], baseline: Curve | None) -> list[dict]:
                 "reduction_vs_dense": dense / eff if dense and eff else None,
                 "reduction_vs_baseline": base_eff / eff if use_base and base_eff and eff else None,
                 "mean_sparsity": statistics.fmean(sparsity.values()) if sparsity else None,
+                "gated_kmacs_dense": gated[0] if gated else None,
+                "gated_kmacs_effective": gated[1] if gated else None,
+                "gated_reduction": gated[0] / gated[1] if gated and gated[1] else None,
             })
     return rows
 
@@ -373,11 +397,15 @@ def render_markdown(title: str, summary: dict, curves: list[Curve], command: str
                  f"{fmt(r['encoder_effective'], '.4g')} / {fmt(r['encoder_dense'], '.4g')}",
                  f"{fmt(r['decoder_effective'], '.4g')} / {fmt(r['decoder_dense'], '.4g')}",
                  fmt(r["reduction_vs_dense"], ".2f", "×"), fmt(r["reduction_vs_baseline"], ".2f", "×"),
-                 fmt(None if r["mean_sparsity"] is None else 100 * r["mean_sparsity"], ".1f", " %")]
+                 fmt(None if r["mean_sparsity"] is None else 100 * r["mean_sparsity"], ".1f", " %"),
+                 fmt(r["gated_reduction"], ".2f", "×")]
                 for r in summary["flops"]]
         lines += md_table(["curve", "lambda", "bpp", "PSNR", "PSNR drop", "enc kMACs/px eff / dense",
                            "dec kMACs/px eff / dense", "reduction vs dense", "reduction vs baseline",
-                           "mean sparsity"], rows)
+                           "mean sparsity", "gated layers: dense / eff"], rows)
+        lines.append("*gated layers*: dense MACs of the convolutions a plugin gates (what the base runs there) over "
+                     "their effective MACs plus the gate's own overhead, encoder and decoder together.")
+        lines.append("")
     if "sparsity.png" in summary["figures"]:
         lines += ["![per-layer sparsity](sparsity.png)", ""]
 

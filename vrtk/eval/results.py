@@ -88,6 +88,7 @@ class Curve:
     peak_memory_mb: list[float | None] = field(default_factory=list)
     kmacs: dict[str, list[float | None]] = field(default_factory=lambda: {k: [] for k in KMAC_KEYS})
     sparsity: list[dict[str, float]] = field(default_factory=list)
+    layer_kmacs: list[dict | None] = field(default_factory=list)  # per point: {encoder|decoder: {path: [d, e]}}
     storage: list[dict] = field(default_factory=list)  # one entry per model file that went into the curve
     trained_lambdas: list[float] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
@@ -109,7 +110,8 @@ class Curve:
 
     def extend(self, other: Curve) -> None:
         for name in ("bpp", "psnr", "msssim", "lambdas", "encoding_time", "decoding_time", "encoding_mps",
-                     "decoding_mps", "peak_memory_mb", "sparsity", "storage", "sources", "notes", "commands"):
+                     "decoding_mps", "peak_memory_mb", "sparsity", "layer_kmacs", "storage", "sources", "notes",
+                     "commands"):
             getattr(self, name).extend(getattr(other, name))
         self.datasets.extend(d for d in other.datasets if d not in self.datasets)
         for key in KMAC_KEYS:
@@ -120,7 +122,7 @@ class Curve:
         """Points in increasing bpp (fixed-rate files arrive in any order)."""
         order = sorted(range(len(self.bpp)), key=lambda i: self.bpp[i])
         for name in ("bpp", "psnr", "msssim", "lambdas", "encoding_time", "decoding_time", "encoding_mps",
-                     "decoding_mps", "peak_memory_mb", "sparsity"):
+                     "decoding_mps", "peak_memory_mb", "sparsity", "layer_kmacs"):
             values = getattr(self, name)
             if len(values) == len(order):
                 setattr(self, name, [values[i] for i in order])
@@ -151,6 +153,7 @@ def curve_from_results(data: dict, source: str = "", kind: str | None = None) ->
     if all(v is None for v in msssim) and isinstance(results.get("ms-ssim-db-rgb"), list):
         msssim = [None if v is None else 1 - 10 ** (-v / 10) for v in column("ms-ssim-db-rgb")]
     sparsity = meta.get("sparsity")
+    layer_kmacs = meta.get("layer_kmacs")
     curve = Curve(
         label=name, kind=kind, bpp=[float(v) for v in results["bpp"]], psnr=column("psnr-rgb"),
         msssim=msssim, lambdas=column("lambda"), encoding_time=column("encoding_time"),
@@ -158,6 +161,7 @@ def curve_from_results(data: dict, source: str = "", kind: str | None = None) ->
         decoding_mps=column("decoding_mps"), peak_memory_mb=column("peak_memory_mb"),
         kmacs={k: column(f"kmacs_{k}") for k in KMAC_KEYS},
         sparsity=list(sparsity) if isinstance(sparsity, list) and len(sparsity) == n else [{} for _ in range(n)],
+        layer_kmacs=list(layer_kmacs) if isinstance(layer_kmacs, list) and len(layer_kmacs) == n else [None] * n,
         storage=[{**meta["storage"], "source": source}] if isinstance(meta.get("storage"), dict) else [],
         trained_lambdas=[float(x) for x in (meta.get("model") or {}).get("trained_lambdas") or []],
         sources=[source] if source else [],
