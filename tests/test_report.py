@@ -140,7 +140,8 @@ def test_flops_table_arithmetic():
     gated = Curve("gated", "variable", bpp=[0.4], psnr=[31.68], lambdas=[2.0],
                   kmacs={"encoder_dense": [100.0], "encoder_effective": [40.0], "decoder_dense": [100.0],
                          "decoder_effective": [60.0]}, sparsity=[{"x/g_a.2/sparsity": 0.5, "x/g_s.4/sparsity": 0.7}],
-                  layer_kmacs=[{"encoder": {"g_a.0": [10.0, 10.0], "g_a.2": [1.0, 1.0], "g_a.2.base_layer": [40.0, 15.0]},
+                  layer_kmacs=[{"encoder": {"g_a.0": [10.0, 10.0], "g_a.2": [1.0, 1.0],
+                                            "g_a.2.base_layer": [40.0, 15.0]},
                                 "decoder": {"g_s.4": [2.0, 2.0], "g_s.4.base_layer": [40.0, 2.0],
                                             "g_s.6": [10.0, 9.0]}}])
     rows = flops_table([base, gated], base)

@@ -24,8 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from vrtk_plugins.ecg.config import CHANNEL, EcgConfig
-from vrtk_plugins.ecg.sparse import (DEFAULT_TILE, apply_tile_mask, channel_sliced, compute_tile, sparse_conv,
-                                     supported, tile_sumsq)
+from vrtk_plugins.ecg.sparse import (
+    DEFAULT_TILE,
+    apply_tile_mask,
+    channel_sliced,
+    compute_tile,
+    sparse_conv,
+    supported,
+    tile_sumsq,
+)
 
 from vrtk.injection import Adapter
 
