@@ -26,7 +26,7 @@ DATA = REPO.parent / "shared" / "data"
 ECG_LAMBDAS = (0.0018, 0.0035, 0.0130)
 FIXED_LAMBDAS = ("0.0018", "0.0035", "0.0067", "0.013", "0.025")
 # the results (JSON stems) the report is built from
-REPORT_INPUTS = ("jpeg", "webp", "default", *[f"fixed-{lam}" for lam in FIXED_LAMBDAS], "bm", "gain",
+REPORT_INPUTS = ("jpeg", "webp", "default", *[f"fixed-{lam}" for lam in FIXED_LAMBDAS], "bm", "bm-fp16", "gain",
                  *[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-tile16", "ecg-channel", "ecg-bm")
 REFERENCES = ("compressai-bmshj2018-hyperprior_mse_cuda.json", "bmshj2018-hyperprior-vbr-ans.json")
 
@@ -61,6 +61,10 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
         ("bm", [run("bm-finetune", "bm")], runs / "bm" / "model"),
         ("bm-eval", [evaluate(runs / "bm" / "model", "bm.json", "--n-points", "16", "--name", "bm")],
          results / "bm.json"),
+        ("bm-fp16", [["vrtk", "convert", str(runs / "bm" / "model"), "-o", str(runs / "bm-fp16"), "--half"]],
+         runs / "bm-fp16" / "config.json"),
+        ("bm-fp16-eval", [evaluate(runs / "bm-fp16", "bm-fp16.json", "--n-points", "16", "--name",
+                                   "bm (fp16 parameters)", "--no-macs")], results / "bm-fp16.json"),
         ("gain", [run("gain-finetune", "gain")], runs / "gain" / "model"),
         ("gain-eval", [evaluate(runs / "gain" / "model", "gain.json", "--n-points", "16", "--name", "gain")],
          results / "gain.json"),
@@ -79,11 +83,12 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
                              "plugin_config.ecg.gate_tile=-1")], channel),
         ("ecg-channel-eval", [evaluate(channel, "ecg-channel.json", "--name", "ecg (whole channels)")],
          results / "ecg-channel.json"),
-        # wall-clock, dense vs gated side by side, in channels-last (2-4x faster transposed convolutions on CPU)
-        ("ecg-speed", [(bench("ecg_speed.py", "--model", str(model), "--repeats", "3", "--channels-last"),
-                        results / f"{name}.txt")
-                       for model, name in ((ecg_mid, "speed-ecg"), (tiled, "speed-ecg-tile16"),
-                                           (channel, "speed-ecg-channel"))],
+        # wall-clock, dense vs gated side by side, in both memory layouts (channels-last runs the transposed
+        # convolutions 2-4x faster on CPU, so it is the fairer dense baseline)
+        ("ecg-speed", [(bench("ecg_speed.py", "--model", str(model), "--repeats", "3", *layout),
+                        results / f"speed-{name}{suffix}.txt")
+                       for model, name in ((ecg_mid, "ecg"), (tiled, "ecg-tile16"), (channel, "ecg-channel"))
+                       for layout, suffix in ((("--images", "8"), "-nchw"), (("--channels-last",), ""))],
          results / "speed-ecg-channel.txt"),
         ("ecg-knob", [(bench("ecg_knob.py", str(ecg_mid), "--reference", str(fixed / "lambda-0.0035" / "model")),
                        results / "knob-ecg.txt")], results / "knob-ecg.txt"),

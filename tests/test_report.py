@@ -156,4 +156,7 @@ def test_flops_table_arithmetic():
     assert gated_row["gated_kmacs_effective"] == pytest.approx(20.0)
     assert gated_row["gated_reduction"] == pytest.approx(4.0)
     assert all(r["gated_reduction"] is None for r in rows if r["curve"] == "base")
+    # the baseline's point at lambda 2.0: 0.4 bpp, 32.0 dB
+    assert gated_row["same_lambda_bpp_change_percent"] == pytest.approx(0.0)
+    assert gated_row["same_lambda_psnr_change_db"] == pytest.approx(-0.32)
     assert all(r["psnr_drop_percent"] is None for r in rows if r["curve"] == "base")

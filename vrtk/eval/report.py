@@ -247,6 +247,14 @@ def gated_layer_kmacs(curve: Curve, i: int) -> tuple[float, float] | None:
     return (dense, effective) if dense else None
 
 
+def _same_lambda(curve: Curve, lmbda: float | None) -> int | None:
+    """Index of the point of ``curve`` trained/evaluated at ``lmbda`` (the paper's Table 1 compares those)."""
+    if lmbda is None:
+        return None
+    return next((i for i, x in enumerate(curve.lambdas) if x is not None and math.isclose(x, lmbda, rel_tol=1e-6)),
+                None)
+
+
 def flops_table(curves: list[Curve], baseline: Curve | None) -> list[dict]:
     """Per curve and rate: PSNR drop (%) against the baseline at the same bpp, and MAC reductions (x)."""
     base_eff = None
@@ -261,6 +269,8 @@ def flops_table(curves: list[Curve], baseline: Curve | None) -> list[dict]:
         use_base = baseline is not None and curve is not baseline
         matched = quality_at_rate(baseline.bpp, baseline.psnr, curve.bpp) if use_base else [None] * len(curve)
         for i in range(len(curve)):
+            twin = _same_lambda(baseline, curve.lambdas[i]) if use_base else None
+            twin_psnr = baseline.psnr[twin] if twin is not None else None
             dense, eff = _total(curve, i, "dense"), _total(curve, i, "effective")
             ref, own = matched[i], curve.psnr[i]
             sparsity = curve.sparsity[i] if i < len(curve.sparsity) else {}
@@ -276,6 +286,10 @@ def flops_table(curves: list[Curve], baseline: Curve | None) -> list[dict]:
                 "gated_kmacs_dense": gated[0] if gated else None,
                 "gated_kmacs_effective": gated[1] if gated else None,
                 "gated_reduction": gated[0] / gated[1] if gated and gated[1] else None,
+                "same_lambda_bpp_change_percent":
+                    100.0 * (curve.bpp[i] / baseline.bpp[twin] - 1) if twin is not None else None,
+                "same_lambda_psnr_change_db":
+                    own - twin_psnr if twin_psnr is not None and own is not None else None,
             })
     return rows
 
@@ -398,13 +412,17 @@ def render_markdown(title: str, summary: dict, curves: list[Curve], command: str
                  f"{fmt(r['decoder_effective'], '.4g')} / {fmt(r['decoder_dense'], '.4g')}",
                  fmt(r["reduction_vs_dense"], ".2f", "×"), fmt(r["reduction_vs_baseline"], ".2f", "×"),
                  fmt(None if r["mean_sparsity"] is None else 100 * r["mean_sparsity"], ".1f", " %"),
-                 fmt(r["gated_reduction"], ".2f", "×")]
+                 fmt(r["gated_reduction"], ".2f", "×"),
+                 f"{fmt(r['same_lambda_bpp_change_percent'], '+.1f', ' %')} / "
+                 f"{fmt(r['same_lambda_psnr_change_db'], '+.2f', ' dB')}"]
                 for r in summary["flops"]]
         lines += md_table(["curve", "lambda", "bpp", "PSNR", "PSNR drop", "enc kMACs/px eff / dense",
                            "dec kMACs/px eff / dense", "reduction vs dense", "reduction vs baseline",
-                           "mean sparsity", "gated layers: dense / eff"], rows)
+                           "mean sparsity", "gated layers: dense / eff", "vs baseline at same lambda: bpp / PSNR"],
+                          rows)
         lines.append("*gated layers*: dense MACs of the convolutions a plugin gates (what the base runs there) over "
-                     "their effective MACs plus the gate's own overhead, encoder and decoder together.")
+                     "their effective MACs plus the gate's own overhead, encoder and decoder together. *Same lambda*: "
+                     "the change in bpp and PSNR against the baseline's point trained at that lambda.")
         lines.append("")
     if "sparsity.png" in summary["figures"]:
         lines += ["![per-layer sparsity](sparsity.png)", ""]
