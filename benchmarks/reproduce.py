@@ -37,7 +37,7 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
     standard output saved to that file too (benchmarks that print their measurements)."""
     def run(recipe: str, name: str, *extra: str) -> list[str]:
         return ["vrtk", "run", recipe, "profile=cpu", f"out={runs / name}", f"data={train}", f"threads={threads}",
-                "--no-progress", *extra]
+                *extra, "--no-progress"]  # overrides before options: argparse takes no positionals after them
 
     def evaluate(model: Path | str, out: str, *extra: str) -> list[str]:
         return ["vrtk", "eval", str(model), "--data", str(kodak), "-o", str(results / out), "--threads", str(threads),
@@ -96,7 +96,8 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
          runs / "ecg-bm" / "model"),
         ("ecg-bm-eval", [evaluate(runs / "ecg-bm" / "model", "ecg-bm.json", "--n-points", "16", "--name", "ecg+bm")],
          results / "ecg-bm.json"),
-        ("report", [["vrtk", "report", *[str(results / f"{n}.json") for n in REPORT_INPUTS], "-o",
+        ("report", [["vrtk", "report", *[str(results / f"{n}.json") for n in REPORT_INPUTS
+                                     if (results / f"{n}.json").exists()], "-o",
                      str(results / "report"), "--anchor", "fixed-rate", "--title", "vrtk: the paper at CPU scale",
                      "--reference", str(DATA / "reference-rd" / "kodak"),
                      *[a for r in REFERENCES for a in ("--reference-match", r)]]], results / "report" / "report.md"),
