@@ -27,7 +27,8 @@ ECG_LAMBDAS = (0.0018, 0.0035, 0.0130)
 FIXED_LAMBDAS = ("0.0018", "0.0035", "0.0067", "0.013", "0.025")
 # the results (JSON stems) the report is built from
 REPORT_INPUTS = ("jpeg", "webp", "default", *[f"fixed-{lam}" for lam in FIXED_LAMBDAS], "bm", "bm-fp16", "gain",
-                 *[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-tile16", "ecg-channel", "ecg-bm")
+                 *[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-long", "ecg-t50", "ecg-tile16", "ecg-channel", "ecg-bm")
+KNOB_SPEED_SCALES = ("2", "4")
 REFERENCES = ("compressai-bmshj2018-hyperprior_mse_cuda.json", "bmshj2018-hyperprior-vbr-ans.json")
 
 
@@ -51,6 +52,8 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
     ecg_mid = runs / "ecg-0.0035" / "model"
     tiled = runs / "ecg-tile16-0.0035" / "model"
     channel = runs / "ecg-channel-0.0035" / "model"
+    long_run = runs / "ecg-0.0035-long" / "model"
+    target50 = runs / "ecg-0.0035-t50" / "model"
     out = [
         ("anchors", [["vrtk", "eval", "--codec", c, "--data", str(kodak), "-o", str(results / f"{c}.json"),
                       "--no-progress"] for c in ("jpeg", "webp")], results / "webp.json"),
@@ -85,11 +88,25 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
          results / "ecg-channel.json"),
         # wall-clock, dense vs gated side by side, in both memory layouts (channels-last runs the transposed
         # convolutions 2-4x faster on CPU, so it is the fairer dense baseline)
+        # beyond the fixed budget: does ECG's quality gap close with 3x the steps, or with a lower sparsity target?
+        ("ecg-long", [run("ecg-finetune", "ecg-0.0035-long", "lambdas=[0.0035]", "steps=3600",
+                          "plugin_config.ecg.sparsity_ramp=2400")], long_run),
+        ("ecg-long-eval", [evaluate(long_run, "ecg-long.json", "--name", "ecg (3x steps)")],
+         results / "ecg-long.json"),
+        ("ecg-t50", [run("ecg-finetune", "ecg-0.0035-t50", "lambdas=[0.0035]",
+                         "plugin_config.ecg.sparsity_target=0.5")], target50),
+        ("ecg-t50-eval", [evaluate(target50, "ecg-t50.json", "--name", "ecg (target 0.5)")],
+         results / "ecg-t50.json"),
         ("ecg-speed", [(bench("ecg_speed.py", "--model", str(model), "--repeats", "3", *layout),
                         results / f"speed-{name}{suffix}.txt")
                        for model, name in ((ecg_mid, "ecg"), (tiled, "ecg-tile16"), (channel, "ecg-channel"))
                        for layout, suffix in ((("--images", "8"), "-nchw"), (("--channels-last",), ""))],
          results / "speed-ecg-channel.txt"),
+        # the compute knob turned up at inference on the whole-channel model: how far does decode time fall?
+        ("ecg-knob-speed", [(bench("ecg_speed.py", "--model", str(channel), "--repeats", "3", "--channels-last",
+                                   "--scale", scale), results / f"speed-ecg-channel-scale{scale}.txt")
+                            for scale in KNOB_SPEED_SCALES],
+         results / f"speed-ecg-channel-scale{KNOB_SPEED_SCALES[-1]}.txt"),
         ("ecg-knob", [(bench("ecg_knob.py", str(ecg_mid), "--reference", str(fixed / "lambda-0.0035" / "model")),
                        results / "knob-ecg.txt")], results / "knob-ecg.txt"),
         ("ecg-bm", [run("ecg-bm-finetune", "ecg-bm", f"model={ecg_mid}")],

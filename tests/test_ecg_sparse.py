@@ -126,3 +126,14 @@ def test_compute_tiles_grow_until_a_call_is_worth_it():
     assert compute_tile(narrow, 16, (128, 192)) == 32
     assert 64 * 64 * 25 * 16 * 16 < MIN_TILE_MACS <= 64 * 64 * 25 * 32 * 32
     assert compute_tile(nn.Conv2d(8, 8, 3), 16, (40, 24)) == 64  # stops once a tile covers the image
+
+
+def test_channels_last_gather_is_exact():
+    """The channels-last gather is a one-hot matrix product (fast on CPU); it must pick the values bit for bit."""
+    from vrtk_plugins.ecg.sparse import _gather
+
+    x = torch.randn(2, 9, 7, 11).contiguous(memory_format=torch.channels_last)
+    idx = torch.tensor([0, 3, 4, 8])
+    picked = _gather(x, idx, 1, 6, 2, 11)
+    assert torch.equal(picked, x[:, idx, 1:6, 2:11])
+    assert picked.is_contiguous(memory_format=torch.channels_last)
