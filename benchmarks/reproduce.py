@@ -4,9 +4,11 @@
     python benchmarks/reproduce.py --stages anchors,fixed-rate,bm --dry-run
     python benchmarks/reproduce.py --list
 
-Stages are resumable and idempotent: a training stage whose model folder exists is skipped, an interrupted one is
-continued with ``--resume``; an evaluation whose JSON exists is skipped. Models go to ``--runs`` (a cache folder,
-not git); results (JSON, report) to ``--results`` (committed). Training uses photos-train, evaluation all 24 Kodak
+Stages are resumable and idempotent, make-style: an evaluation whose JSON exists is skipped; a training stage runs
+only when its model folder is missing and a stage that will run reads it (or it is named in ``--stages``), and an
+interrupted one is continued with ``--resume``. So on a fresh clone, where the results are committed and the
+models are not, nothing is retrained unless a result is deleted or a stage is named. Models go to ``--runs`` (a
+cache folder, not git); results (JSON, report) to ``--results`` (committed). Training uses photos-train, evaluation all 24 Kodak
 images. Every command run is printed and appended to ``<results>/commands.log``.
 """
 
@@ -28,6 +30,7 @@ FIXED_LAMBDAS = ("0.0018", "0.0035", "0.0067", "0.013", "0.025")
 # the results (JSON stems) the report is built from
 REPORT_INPUTS = ("jpeg", "webp", "default", *[f"fixed-{lam}" for lam in FIXED_LAMBDAS], "bm", "bm-fp16", "gain",
                  *[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-long", "ecg-t50", "ecg-tile16", "ecg-channel", "ecg-bm")
+ECG_REPORT_INPUTS = (*[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-bm", "bm", *[f"fixed-{lam}" for lam in FIXED_LAMBDAS])
 KNOB_SPEED_SCALES = ("2", "4")
 REFERENCES = ("compressai-bmshj2018-hyperprior_mse_cuda.json", "bmshj2018-hyperprior-vbr-ans.json")
 
@@ -43,6 +46,9 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
     def evaluate(model: Path | str, out: str, *extra: str) -> list[str]:
         return ["vrtk", "eval", str(model), "--data", str(kodak), "-o", str(results / out), "--threads", str(threads),
                 "--no-progress", *extra]
+
+    def present(stems) -> list[str]:
+        return [str(results / f"{n}.json") for n in stems if (results / f"{n}.json").exists()]
 
     def bench(script: str, *extra: str) -> list[str]:
         return [sys.executable, str(REPO / "benchmarks" / script), "--data", str(kodak), "--threads", str(threads),
@@ -86,8 +92,6 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
                              "plugin_config.ecg.gate_tile=-1")], channel),
         ("ecg-channel-eval", [evaluate(channel, "ecg-channel.json", "--name", "ecg (whole channels)")],
          results / "ecg-channel.json"),
-        # wall-clock, dense vs gated side by side, in both memory layouts (channels-last runs the transposed
-        # convolutions 2-4x faster on CPU, so it is the fairer dense baseline)
         # beyond the fixed budget: does ECG's quality gap close with 3x the steps, or with a lower sparsity target?
         ("ecg-long", [run("ecg-finetune", "ecg-0.0035-long", "lambdas=[0.0035]", "steps=3600",
                           "plugin_config.ecg.sparsity_ramp=2400")], long_run),
@@ -97,6 +101,8 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
                          "plugin_config.ecg.sparsity_target=0.5")], target50),
         ("ecg-t50-eval", [evaluate(target50, "ecg-t50.json", "--name", "ecg (target 0.5)")],
          results / "ecg-t50.json"),
+        # wall-clock, dense vs gated side by side, in both memory layouts (channels-last runs the transposed
+        # convolutions 2-4x faster on CPU, so it is the fairer dense baseline)
         ("ecg-speed", [(bench("ecg_speed.py", "--model", str(model), "--repeats", "3", *layout),
                         results / f"speed-{name}{suffix}.txt")
                        for model, name in ((ecg_mid, "ecg"), (tiled, "ecg-tile16"), (channel, "ecg-channel"))
@@ -107,19 +113,61 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
                                    "--scale", scale), results / f"speed-ecg-channel-scale{scale}.txt")
                             for scale in KNOB_SPEED_SCALES],
          results / f"speed-ecg-channel-scale{KNOB_SPEED_SCALES[-1]}.txt"),
-        ("ecg-knob", [(bench("ecg_knob.py", str(ecg_mid), "--reference", str(fixed / "lambda-0.0035" / "model")),
-                       results / "knob-ecg.txt")], results / "knob-ecg.txt"),
+        # the knob on the element-gate model; its like-for-like reference is fixed-0.0035.json (same budget, no ECG)
+        ("ecg-knob", [(bench("ecg_knob.py", str(ecg_mid)), results / "knob-ecg.txt")], results / "knob-ecg.txt"),
         ("ecg-bm", [run("ecg-bm-finetune", "ecg-bm", f"model={ecg_mid}")],
          runs / "ecg-bm" / "model"),
         ("ecg-bm-eval", [evaluate(runs / "ecg-bm" / "model", "ecg-bm.json", "--n-points", "16", "--name", "ecg+bm")],
          results / "ecg-bm.json"),
-        ("report", [["vrtk", "report", *[str(results / f"{n}.json") for n in REPORT_INPUTS
-                                     if (results / f"{n}.json").exists()], "-o",
+        ("report", [["vrtk", "report", *present(REPORT_INPUTS), "-o",
                      str(results / "report"), "--anchor", "fixed-rate", "--title", "vrtk: the paper at CPU scale",
                      "--reference", str(DATA / "reference-rd" / "kodak"),
                      *[a for r in REFERENCES for a in ("--reference-match", r)]]], results / "report" / "report.md"),
+        # paper Fig. 5: one ECG+bm model against the ECG models trained one per lambda (the same compute)
+        ("report-ecg", [["vrtk", "report", *present(ECG_REPORT_INPUTS), "-o", str(results / "report-ecg"),
+                         "--anchor", "ecg", "--title", "ECG + bm against ECG one model per lambda (paper Fig. 5)"]],
+         results / "report-ecg" / "report.md"),
     ]
     return out
+
+
+def argv(entry) -> list[str]:
+    """A stage command's arguments (a command may come as (argv, file its output is saved to))."""
+    return entry[0] if isinstance(entry, tuple) else entry
+
+
+def products(commands) -> list[str]:
+    """The model folders a stage's commands write (a recipe's ``out=``, a conversion's ``-o``)."""
+    made = []
+    for cmd in map(argv, commands):
+        if cmd[:2] == ["vrtk", "run"]:
+            made += [a.split("=", 1)[1] for a in cmd if a.startswith("out=")]
+        elif cmd[:2] == ["vrtk", "convert"]:
+            made.append(cmd[cmd.index("-o") + 1])
+    return made
+
+
+def reads(commands, folder: str) -> bool:
+    """Whether any argument of the commands names ``folder`` or a path inside it."""
+    return any(arg.split("=", 1)[-1] == folder or arg.split("=", 1)[-1].startswith(folder + "/")
+               for cmd in map(argv, commands) for arg in cmd)
+
+
+def select(plan, wanted: list[str]) -> list[str]:
+    """The stages to run, make-style: the wanted ones (all by default) that are not done, plus every stage whose
+    model one of those reads and which is not done itself. A training stage whose results all exist is not rerun
+    (results are committed, models are not), and reports always are, when wanted."""
+    needed: set[str] = set()
+    for index in range(len(plan) - 1, -1, -1):
+        name, commands, done = plan[index]
+        named = not wanted or name in wanted
+        trains = bool(products(commands))  # without --stages, training runs only for a stage that needs it
+        if named and (name.startswith("report") or not done.exists() and (wanted or not trains)):
+            needed.add(name)
+        elif not done.exists() and any(reads(later, folder) for later_name, later, _ in plan[index + 1:]
+                                       if later_name in needed for folder in products(commands)):
+            needed.add(name)
+    return [name for name, _, _ in plan if name in needed]
 
 
 def run_command(entry, results: Path, dry_run: bool) -> bool:
@@ -153,18 +201,21 @@ def main() -> int:
     args = parser.parse_args()
     runs, results = Path(args.runs), Path(args.results)
     plan = stages(runs, results, Path(args.kodak), Path(args.train), args.threads)
-    if args.list:
-        for name, _, done in plan:
-            print(f"{name:<16} {'done' if done.exists() else 'to do'}  ({done})")
-        return 0
     wanted = [s for s in args.stages.split(",") if s]
     unknown = set(wanted) - {name for name, _, _ in plan}
     if unknown:
         print(f"unknown stages: {sorted(unknown)}", file=sys.stderr)
         return 2
+    to_run = select(plan, wanted)
+    if args.list:
+        for name, _, done in plan:
+            state = ("rebuild" if done.exists() else "to do") if name in to_run else \
+                "done" if done.exists() else "skip: its results exist"
+            print(f"{name:<16} {state:<23} ({done})")
+        return 0
     results.mkdir(parents=True, exist_ok=True)
     for name, commands, done in plan:
-        if (wanted and name not in wanted) or (done.exists() and name != "report"):
+        if name not in to_run:
             continue
         for entry in commands:
             cmd, capture = entry if isinstance(entry, tuple) else (entry, None)

@@ -1,0 +1,47 @@
+"""benchmarks/reproduce.py plans make-style: nothing is retrained when its results exist, a missing result pulls in
+exactly the models it needs, and an explicitly named stage runs."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def plan_with_results(reproduce, tmp_path, missing=()):
+    """A plan whose every stage output exists except the stages named in ``missing`` and all training stages."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    plan = reproduce.stages(runs, results, tmp_path / "kodak", tmp_path / "train")
+    for name, commands, done in plan:
+        if name not in missing and not reproduce.products(commands):
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text("x")
+    return plan
+
+
+def test_nothing_is_retrained_when_all_results_exist(reproduce, tmp_path):
+    plan = plan_with_results(reproduce, tmp_path)
+    assert reproduce.select(plan, []) == ["report", "report-ecg"]
+
+
+def test_a_missing_result_pulls_in_the_models_it_reads(reproduce, tmp_path):
+    plan = plan_with_results(reproduce, tmp_path, missing={"bm-fp16-eval", "ecg-knob"})
+    assert reproduce.select(plan, []) == ["bm", "bm-fp16", "bm-fp16-eval", "ecg-0.0035", "ecg-knob", "report",
+                                          "report-ecg"]
+
+
+def test_named_stages_run_with_their_inputs_only(reproduce, tmp_path):
+    plan = plan_with_results(reproduce, tmp_path)
+    assert reproduce.select(plan, ["ecg-bm"]) == ["ecg-0.0035", "ecg-bm"]
+    assert reproduce.select(plan, ["gain"]) == ["gain"]
+    (tmp_path / "runs" / "gain" / "model").mkdir(parents=True)
+    assert reproduce.select(plan, ["gain", "gain-eval"]) == []
