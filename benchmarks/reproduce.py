@@ -29,7 +29,8 @@ ECG_LAMBDAS = (0.0018, 0.0035, 0.0130)
 FIXED_LAMBDAS = ("0.0018", "0.0035", "0.0067", "0.013", "0.025")
 # the results (JSON stems) the report is built from
 REPORT_INPUTS = ("jpeg", "webp", "default", *[f"fixed-{lam}" for lam in FIXED_LAMBDAS], "bm", "bm-fp16", "gain",
-                 *[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-long", "ecg-t50", "ecg-tile16", "ecg-channel", "ecg-bm")
+                 *[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-long", "ecg-t50", "ecg-tile16", "ecg-channel",
+                 "ecg-channel-t75", "ecg-bm")
 ECG_REPORT_INPUTS = (*[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-bm", "bm", *[f"fixed-{lam}" for lam in FIXED_LAMBDAS])
 KNOB_SPEED_SCALES = ("2", "4")
 REFERENCES = ("compressai-bmshj2018-hyperprior_mse_cuda.json", "bmshj2018-hyperprior-vbr-ans.json")
@@ -58,6 +59,7 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
     ecg_mid = runs / "ecg-0.0035" / "model"
     tiled = runs / "ecg-tile16-0.0035" / "model"
     channel = runs / "ecg-channel-0.0035" / "model"
+    channel75 = runs / "ecg-channel-0.0035-t75" / "model"
     long_run = runs / "ecg-0.0035-long" / "model"
     target50 = runs / "ecg-0.0035-t50" / "model"
     out = [
@@ -101,13 +103,20 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
                          "plugin_config.ecg.sparsity_target=0.5")], target50),
         ("ecg-t50-eval", [evaluate(target50, "ecg-t50.json", "--name", "ecg (target 0.5)")],
          results / "ecg-t50.json"),
+        # wall-clock needs whole channels skipped: how far does a higher sparsity target take decode time?
+        ("ecg-channel-t75", [run("ecg-finetune", "ecg-channel-0.0035-t75", "lambdas=[0.0035]",
+                                 "plugin_config.ecg.gate_tile=-1", "plugin_config.ecg.sparsity_target=0.75")],
+         channel75),
+        ("ecg-channel-t75-eval", [evaluate(channel75, "ecg-channel-t75.json", "--name",
+                                           "ecg (whole channels, target 0.75)")], results / "ecg-channel-t75.json"),
         # wall-clock, dense vs gated side by side, in both memory layouts (channels-last runs the transposed
         # convolutions 2-4x faster on CPU, so it is the fairer dense baseline)
         ("ecg-speed", [(bench("ecg_speed.py", "--model", str(model), "--repeats", "3", *layout),
                         results / f"speed-{name}{suffix}.txt")
-                       for model, name in ((ecg_mid, "ecg"), (tiled, "ecg-tile16"), (channel, "ecg-channel"))
+                       for model, name in ((ecg_mid, "ecg"), (tiled, "ecg-tile16"), (channel, "ecg-channel"),
+                                           (channel75, "ecg-channel-t75"))
                        for layout, suffix in ((("--images", "8"), "-nchw"), (("--channels-last",), ""))],
-         results / "speed-ecg-channel.txt"),
+         results / "speed-ecg-channel-t75.txt"),
         # the compute knob turned up at inference on the whole-channel model: how far does decode time fall?
         ("ecg-knob-speed", [(bench("ecg_speed.py", "--model", str(channel), "--repeats", "3", "--channels-last",
                                    "--scale", scale), results / f"speed-ecg-channel-scale{scale}.txt")
@@ -211,7 +220,7 @@ def main() -> int:
         for name, _, done in plan:
             state = ("rebuild" if done.exists() else "to do") if name in to_run else \
                 "done" if done.exists() else "skip: its results exist"
-            print(f"{name:<16} {state:<23} ({done})")
+            print(f"{name:<21} {state:<23} ({done})")
         return 0
     results.mkdir(parents=True, exist_ok=True)
     for name, commands, done in plan:

@@ -129,7 +129,8 @@ def test_compute_tiles_grow_until_a_call_is_worth_it():
 
 
 def test_channels_last_gather_is_exact():
-    """The channels-last gather is a one-hot matrix product (fast on CPU); it must pick the values bit for bit."""
+    """The channels-last gather selects columns of the (pixels, channels) matrix; it must pick the values bit for
+    bit and keep the layout, also for a region cut at the image's edge."""
     from vrtk_plugins.ecg.sparse import _gather
 
     x = torch.randn(2, 9, 7, 11).contiguous(memory_format=torch.channels_last)
@@ -137,3 +138,33 @@ def test_channels_last_gather_is_exact():
     picked = _gather(x, idx, 1, 6, 2, 11)
     assert torch.equal(picked, x[:, idx, 1:6, 2:11])
     assert picked.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(_gather(x, idx, 4, 12, 8, 16), x[:, idx, 4:, 8:])
+
+
+@pytest.mark.parametrize("dead", [1, 6])
+def test_channel_slicing_masks_instead_when_few_channels_are_dead(dead):
+    """The per-channel path reads x unmasked: with few dead channels it zeroes them in place of a gather; with many
+    it gathers the live ones. Either way the dead channels' values never reach the output."""
+    from vrtk_plugins.ecg.sparse import channel_sliced
+
+    conv = nn.ConvTranspose2d(8, 4, 5, 2, 2, 1)
+    x = torch.randn(1, 8, 9, 9)
+    channels = torch.ones(8, dtype=torch.bool)
+    channels[:dead] = False
+    with torch.no_grad():
+        expected = conv(x * channels.float().view(1, -1, 1, 1))
+        torch.testing.assert_close(channel_sliced(conv, x, channels), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_element_gates_keep_the_dense_kernel_unless_a_tile_is_set():
+    wrapped = tiny(configs={"ecg": {"gate_tile": 0}})
+    net = wrapped.net.eval()
+    x = pad(images(1, 64))[0]
+    calibrate(net, x, 0.6)
+    with torch.no_grad():
+        apply_options(net, {"ecg.sparse": True})
+        net.g_a(x)
+        assert not any(m._conv_ran_sparse for _, m in ecg_modules(net))
+        apply_options(net, {"ecg.tile": 8})
+        net.g_a(x)
+        assert all(m._conv_ran_sparse for name, m in ecg_modules(net) if name.startswith("g_a"))
