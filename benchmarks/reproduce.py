@@ -122,6 +122,10 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
                                    "--scale", scale), results / f"speed-ecg-channel-scale{scale}.txt")
                             for scale in KNOB_SPEED_SCALES],
          results / f"speed-ecg-channel-scale{KNOB_SPEED_SCALES[-1]}.txt"),
+        # the ceiling: the gated layers' share of dense decode time
+        ("decode-split", [([sys.executable, str(REPO / "benchmarks" / "decode_split.py"), str(channel), "--data",
+                            str(kodak), "--threads", str(threads)], results / "decode-split.txt")],
+         results / "decode-split.txt"),
         # the knob on the element-gate model; its like-for-like reference is fixed-0.0035.json (same budget, no ECG)
         ("ecg-knob", [(bench("ecg_knob.py", str(ecg_mid)), results / "knob-ecg.txt")], results / "knob-ecg.txt"),
         ("ecg-bm", [run("ecg-bm-finetune", "ecg-bm", f"model={ecg_mid}")],
