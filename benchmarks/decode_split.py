@@ -77,11 +77,10 @@ def main(argv=None) -> int:
     total = statistics.median(totals)
     print(f"# {args.model}: dense decode, channels-last, {args.images} images x {args.repeats}, "
           f"{args.threads} thread(s); median {total * 1e3:.1f} ms")
-    shares = {}
+    shares = {name: statistics.median(spans[name]) / total for name in layers}
     for name, module in layers.items():
-        share = statistics.median(spans[name]) / total
-        shares[name] = share
-        print(f"{name:<8} {type(module).__name__:<16} {'gated' if name in gated else '':<6} {share * 100:5.1f} %")
+        mark = "gated" if name in gated else ""
+        print(f"{name:<8} {type(module).__name__:<16} {mark:<6} {shares[name] * 100:5.1f} %")
     print(f"gated layers {sum(s for n, s in shares.items() if n in gated) * 100:.1f} %, "
           f"other g_s/h_s layers {sum(s for n, s in shares.items() if n not in gated) * 100:.1f} %, "
           f"the rest (entropy decoding, indexes, padding) {(1 - sum(shares.values())) * 100:.1f} %")

@@ -8,8 +8,8 @@ Stages are resumable and idempotent, make-style: an evaluation whose JSON exists
 only when its model folder is missing and a stage that will run reads it (or it is named in ``--stages``), and an
 interrupted one is continued with ``--resume``. So on a fresh clone, where the results are committed and the
 models are not, nothing is retrained unless a result is deleted or a stage is named. Models go to ``--runs`` (a
-cache folder, not git); results (JSON, report) to ``--results`` (committed). Training uses photos-train, evaluation all 24 Kodak
-images. Every command run is printed and appended to ``<results>/commands.log``.
+cache folder, not git); results (JSON, report) to ``--results`` (committed). Training uses photos-train, evaluation
+all 24 Kodak images. Every command run is printed and appended to ``<results>/commands.log``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ FIXED_LAMBDAS = ("0.0018", "0.0035", "0.0067", "0.013", "0.025")
 REPORT_INPUTS = ("jpeg", "webp", "default", *[f"fixed-{lam}" for lam in FIXED_LAMBDAS], "bm", "bm-fp16", "gain",
                  *[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-long", "ecg-t50", "ecg-tile16", "ecg-channel",
                  "ecg-channel-t75", "ecg-bm")
-ECG_REPORT_INPUTS = (*[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-bm", "bm", *[f"fixed-{lam}" for lam in FIXED_LAMBDAS])
+ECG_REPORT_INPUTS = (*[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-bm", "bm",
+                     *[f"fixed-{lam}" for lam in FIXED_LAMBDAS])
 KNOB_SPEED_SCALES = ("2", "4")
 REFERENCES = ("compressai-bmshj2018-hyperprior_mse_cuda.json", "bmshj2018-hyperprior-vbr-ans.json")
 
@@ -144,9 +145,13 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
     return out
 
 
+def unpack(entry) -> tuple[list[str], Path | None]:
+    """(arguments, file its standard output is saved to or None): a stage command comes bare or as such a pair."""
+    return entry if isinstance(entry, tuple) else (entry, None)
+
+
 def argv(entry) -> list[str]:
-    """A stage command's arguments (a command may come as (argv, file its output is saved to))."""
-    return entry[0] if isinstance(entry, tuple) else entry
+    return unpack(entry)[0]
 
 
 def products(commands) -> list[str]:
@@ -185,7 +190,7 @@ def select(plan, wanted: list[str]) -> list[str]:
 
 def run_command(entry, results: Path, dry_run: bool) -> bool:
     """Run one stage command (printed and logged); False if it failed."""
-    cmd, capture = entry if isinstance(entry, tuple) else (entry, None)
+    cmd, capture = unpack(entry)
     line = shlex.join(cmd) + (f" > {capture}" if capture else "")
     print(line, flush=True)
     if dry_run:
@@ -227,18 +232,18 @@ def main() -> int:
             print(f"{name:<21} {state:<23} ({done})")
         return 0
     results.mkdir(parents=True, exist_ok=True)
-    for name, commands, done in plan:
+    for name, commands, _ in plan:
         if name not in to_run:
             continue
         for entry in commands:
-            cmd, capture = entry if isinstance(entry, tuple) else (entry, None)
+            cmd, capture = unpack(entry)
             target = Path(cmd[cmd.index("-o") + 1]) if "-o" in cmd and "eval" in cmd else capture
             if target is not None and target.exists():
                 continue
             if cmd[1] == "run" and (Path(cmd[4].split("=", 1)[1]) / "config.yaml").exists():
                 cmd = [*cmd, "--resume"]
             print(f"[{name}] ", end="")
-            if not run_command((cmd, capture) if capture else cmd, results, args.dry_run):
+            if not run_command((cmd, capture), results, args.dry_run):
                 print(f"stage {name} failed: {shlex.join(cmd)}", file=sys.stderr)
                 return 1
     return 0
