@@ -94,7 +94,7 @@ def build(args):
 def calibration_crops(folder: Path, count: int, seed: int) -> torch.Tensor:
     from vrtk.data import CropSampler
 
-    sampler = CropSampler.from_folder(folder, 512, (1,))
+    sampler = CropSampler.from_folders(folder, 512, (1,))
     return sampler.sample(count, torch.Generator().manual_seed(seed))
 
 

@@ -30,12 +30,14 @@ class CropSampler:
         self.weights = torch.tensor([float((i.shape[-1] - crop + 1) * (i.shape[-2] - crop + 1)) for i in usable])
 
     @classmethod
-    def from_folder(cls, folder: str | Path, crop: int, downscales=(1,), flip: bool = True) -> CropSampler:
+    def from_folders(cls, folders, crop: int, downscales=(1,), flip: bool = True) -> CropSampler:
+        """Every image of every folder (``folders``: one path, a list, or comma-separated paths)."""
         images = []
-        for path in list_images(folder):
-            base = (load_image(path).tensor * 255).round().to(torch.uint8)
-            for factor in downscales:
-                images.append(base if factor == 1 else downscale(base, factor))
+        for folder in data_folders(folders):
+            for path in list_images(folder):
+                base = (load_image(path).tensor * 255).round().to(torch.uint8)
+                for factor in downscales:
+                    images.append(base if factor == 1 else downscale(base, factor))
         return cls(images, crop, flip)
 
     def __len__(self) -> int:
@@ -53,6 +55,15 @@ class CropSampler:
                 crop = crop.flip(-1)
             crops.append(crop)
         return torch.stack(crops).float().div_(255.0)
+
+
+def data_folders(folders) -> list[str]:
+    """``data=a,b`` on the command line or ``data: [a, b]`` in a recipe: the training folders, in order."""
+    items = folders if isinstance(folders, (list, tuple)) else str(folders).split(",")
+    names = [str(f).strip() for f in items if str(f).strip()]
+    if not names:
+        raise ImageError("no training data folder given (data=FOLDER or data=[FOLDER, ...])")
+    return names
 
 
 def downscale(img_u8: torch.Tensor, factor: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class RunConfig:
     per_lambda: bool = False  # train one separate model per lambda (the fixed-rate set)
     distortion: str = "mse"  # mse | ms-ssim
     # data
-    data: str = "../shared/data/photos-train"
+    data: str | list = "../shared/data/photos-train"  # one folder, a list, or comma-separated folders
     synthetic: int = 0  # >0: use this many synthetic images instead of `data` (tests)
     crop: int = 64
     batch: int = 16
@@ -122,10 +123,23 @@ def parse_overrides(items: list[str]) -> dict:
         if not sep or not key:
             raise RecipeError(f"override {item!r} is not key=value")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value != "" else ""
+            out[key.strip()] = _yaml_value(value) if value != "" else ""
         except yaml.YAMLError:
             out[key.strip()] = value
     return out
+
+
+_EXPONENT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _yaml_value(text: str):
+    """YAML, except that ``1e-3`` is a number (YAML 1.1 reads exponents without a dot as strings)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_yaml_value(str(v)) if isinstance(v, str) else v for v in value]
+    return value
 
 
 def _check_keys(values: dict, where: str) -> None:

@@ -164,7 +164,7 @@ class Trainer:
         if cfg.synthetic:
             size = max(cfg.crop * 2, 96)
             return CropSampler(synthetic_images(cfg.synthetic, size, size, seed=cfg.seed), cfg.crop)
-        return CropSampler.from_folder(cfg.data, cfg.crop, tuple(cfg.downscales))
+        return CropSampler.from_folders(cfg.data, cfg.crop, tuple(cfg.downscales))
 
     def _make_optimizers(self):
         from timm.optim import create_optimizer_v2

@@ -1,0 +1,112 @@
+"""Which training recipe makes the best base on 2 CPU cores? A study at one budget, on Kodak with real bitstreams.
+
+    python benchmarks/base_study.py --threads 1               # every variant whose result is missing
+    python benchmarks/base_study.py --list                    # the variants and their overrides
+    python benchmarks/base_study.py --table                   # the table from the results present
+
+Every variant fine-tunes the embedded default base (N=64/M=96) at lambda 0.0035 with the ``fixed-rate`` cpu profile
+for the same number of steps, changing only the keys it names. Equal pixels per step: 16 x 64^2 = 1 x 256^2 =
+4 x 128^2. Each result is one RD point, so the table gives single-point equivalents against JPEG and WebP (their
+PSNR at the model's bpp by PCHIP in log-rate, as BD-rate interpolates). Models go to ``--runs`` (a cache folder
+outside git); results JSON to ``--results`` (committed); commands to ``<results>/commands.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduce import DATA, run_command  # noqa: E402
+
+BOTH = f"{DATA / 'photos-train'},{DATA / 'photos-train-2'}"
+STEPS = 2400
+# name -> (what it tests, overrides of the fixed-rate cpu profile)
+VARIANTS = {
+    "crop64": ("16 x 64^2 crops, photos-train (the old recipe)", []),
+    "crop128": ("4 x 128^2 crops, photos-train", ["crop=128", "batch=4"]),
+    "crop256": ("1 x 256^2 crops, photos-train", ["crop=256", "batch=1"]),
+    "crop256-both": ("1 x 256^2, photos-train + photos-train-2", ["crop=256", "batch=1", f"data={BOTH}"]),
+    "crop256-both-lr1e-3": ("as crop256-both, lr 1e-3", ["crop=256", "batch=1", f"data={BOTH}", "lr=1e-3"]),
+    "crop256x2-both-half": ("2 x 256^2 at half the steps (same pixels)",
+                            ["crop=256", "batch=2", f"data={BOTH}", f"steps={STEPS // 2}"]),
+}
+
+
+def commands(name: str, extra: list[str], runs: Path, results: Path, kodak: Path, threads: int) -> list[list[str]]:
+    out_dir = runs / name
+    train = ["vrtk", "run", "fixed-rate", "profile=cpu", f"out={out_dir}", "lambdas=[0.0035]", f"steps={STEPS}",
+             f"threads={threads}", f"data={DATA / 'photos-train'}", *extra, "--no-progress"]
+    evaluate = ["vrtk", "eval", str(out_dir / "lambda-0.0035" / "model"), "--data", str(kodak), "-o",
+                str(results / f"{name}.json"), "--threads", str(threads), "--name", name, "--no-progress"]
+    return [train, evaluate]
+
+
+def single_point(anchor: dict, bpp: float) -> float:
+    """The anchor's PSNR at ``bpp`` (PCHIP in log-rate); NaN outside its range."""
+    order = np.argsort(anchor["bpp"])
+    rate, psnr = np.log(np.asarray(anchor["bpp"])[order]), np.asarray(anchor["psnr-rgb"])[order]
+    if not rate[0] <= np.log(bpp) <= rate[-1]:
+        return float("nan")
+    return float(PchipInterpolator(rate, psnr)(np.log(bpp)))
+
+
+def table(results: Path, anchors: Path) -> str:
+    jpeg = json.loads((anchors / "jpeg.json").read_text())["results"]
+    webp = json.loads((anchors / "webp.json").read_text())["results"]
+    lines = [f"{'variant':<22} {'bpp':>7} {'PSNR':>7} {'vs JPEG':>8} {'vs WebP':>8}  what",
+             f"{'':<22} {'':>7} {'':>7} {'(dB)':>8} {'(dB)':>8}"]
+    for name, (what, _) in VARIANTS.items():
+        path = results / f"{name}.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())["results"]
+        bpp, psnr = res["bpp"][0], res["psnr-rgb"][0]
+        lines.append(f"{name:<22} {bpp:7.4f} {psnr:7.2f} {psnr - single_point(jpeg, bpp):+8.2f} "
+                     f"{psnr - single_point(webp, bpp):+8.2f}  {what}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default=str(Path.home() / ".cache" / "vrtk" / "runs" / "base-study"))
+    parser.add_argument("--results", default="results/base-study")
+    parser.add_argument("--anchors", default="results/kodak", help="folder with jpeg.json and webp.json")
+    parser.add_argument("--kodak", default=str(DATA / "kodak"))
+    parser.add_argument("--variants", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("--table", action="store_true")
+    args = parser.parse_args()
+    runs, results = Path(args.runs), Path(args.results)
+    wanted = [v for v in args.variants.split(",") if v] or list(VARIANTS)
+    unknown = set(wanted) - set(VARIANTS)
+    if unknown:
+        print(f"unknown variants: {sorted(unknown)}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    if args.list:
+        for name in wanted:
+            print(f"{name:<22} {VARIANTS[name][0]}: {' '.join(VARIANTS[name][1]) or '(profile as is)'}")
+        return 0
+    results.mkdir(parents=True, exist_ok=True)
+    if not args.table:
+        for name in wanted:
+            if (results / f"{name}.json").exists():
+                continue
+            for cmd in commands(name, VARIANTS[name][1], runs, results, Path(args.kodak), args.threads):
+                if cmd[1] == "run" and (runs / name / "config.yaml").exists():
+                    cmd = [*cmd, "--resume"]
+                if not run_command(cmd, results, dry_run=False):
+                    print(f"variant {name} failed", file=sys.stderr)
+                    return 1
+    print(table(results, Path(args.anchors)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
