@@ -10,11 +10,23 @@ interrupted one is continued with ``--resume``. So on a fresh clone, where the r
 models are not, nothing is retrained unless a result is deleted or a stage is named. Models go to ``--runs`` (a
 cache folder, not git); results (JSON, report) to ``--results`` (committed). Training uses photos-train, evaluation
 all 24 Kodak images. Every command run is printed and appended to ``<results>/commands.log``.
+
+How far is a retrained result from the committed one? Training is deterministic on one machine (same seed,
+threads=1) but not across machines (float summation order differs between CPUs and builds), so a rerun elsewhere
+lands near, not on, the committed numbers. When an evaluation regenerates a JSON that git has committed (or, for
+results written outside the repository, one whose name the committed ``results/kodak`` has), the difference is
+printed right after it; ``--compare DIR`` compares every results JSON in ``--results`` with the one of the same
+name in DIR (and runs nothing)::
+
+    python benchmarks/reproduce.py --results /tmp/fresh --stages ecg-0.0035,ecg-0.0035-eval
+    python benchmarks/reproduce.py --results /tmp/fresh --compare results/kodak
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import shlex
 import subprocess
 import sys
@@ -35,15 +47,17 @@ ECG_REPORT_INPUTS = (*[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-bm", "bm",
                      *[f"fixed-{lam}" for lam in FIXED_LAMBDAS])
 KNOB_SPEED_SCALES = ("2", "4")
 REFERENCES = ("compressai-bmshj2018-hyperprior_mse_cuda.json", "bmshj2018-hyperprior-vbr-ans.json")
+COMMITTED_RESULTS = "results/kodak"  # what results written outside the repository are compared with
 
 
-def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
+def stages(runs: Path, results: Path, kodak: Path, train: Path | str, threads: int = 2, overrides: tuple = ()
            ) -> list[tuple[str, list[list[str] | tuple[list[str], Path]], Path]]:
     """(name, commands, output that marks it done) in dependency order. A command given as (argv, file) has its
-    standard output saved to that file too (benchmarks that print their measurements)."""
+    standard output saved to that file too (benchmarks that print their measurements). ``overrides`` (key=value)
+    go to every training run after the stage's own settings."""
     def run(recipe: str, name: str, *extra: str) -> list[str]:
         return ["vrtk", "run", recipe, "profile=cpu", f"out={runs / name}", f"data={train}", f"threads={threads}",
-                *extra, "--no-progress"]  # overrides before options: argparse takes no positionals after them
+                *extra, *overrides, "--no-progress"]  # overrides before options: no positionals after them
 
     def evaluate(model: Path | str, out: str, *extra: str) -> list[str]:
         return ["vrtk", "eval", str(model), "--data", str(kodak), "-o", str(results / out), "--threads", str(threads),
@@ -66,7 +80,8 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path, threads: int = 2
     out = [
         ("anchors", [["vrtk", "eval", "--codec", c, "--data", str(kodak), "-o", str(results / f"{c}.json"),
                       "--no-progress"] for c in ("jpeg", "webp")], results / "webp.json"),
-        ("default", [evaluate("default", "default.json", "--name", "default (base)")], results / "default.json"),
+        ("default", [evaluate("default", "default.json", "--n-points", "16", "--name", "default")],
+         results / "default.json"),
         ("fixed-rate", [run("fixed-rate", "fixed-rate")], fixed / f"lambda-{fixed_lambdas[-1]}" / "model"),
         ("fixed-rate-eval", [evaluate(fixed / f"lambda-{lam}" / "model", f"fixed-{lam}.json", "--group", "fixed-rate")
                              for lam in fixed_lambdas], results / f"fixed-{fixed_lambdas[-1]}.json"),
@@ -206,6 +221,87 @@ def run_command(entry, results: Path, dry_run: bool) -> bool:
     return done.returncode == 0
 
 
+def point_keys(document: dict) -> list[str]:
+    """A name per results point that survives a rerun: its lambda (models), its quality (JPEG/WebP), else its index."""
+    results = document["results"]
+    n = len(results["bpp"])
+    for column, fmt in (("lambda", "lambda {:.6g}"), ("quality", "quality {:g}")):
+        values = results.get(column)
+        if isinstance(values, list) and len(values) == n and all(v is not None for v in values):
+            return [fmt.format(v) for v in values]
+    return [f"point {i}" for i in range(n)]
+
+
+def compare_documents(fresh: dict, committed: dict) -> list[dict]:
+    """Per point both results share: bpp, PSNR and MS-SSIM now and before, and the differences."""
+    def points(document):
+        results = document["results"]
+        columns = [results.get(k) or [None] * len(results["bpp"]) for k in ("bpp", "psnr-rgb", "ms-ssim-rgb")]
+        return dict(zip(point_keys(document), zip(*columns, strict=True), strict=True))
+
+    old = points(committed)
+    rows = []
+    for key, (bpp, psnr, msssim) in points(fresh).items():
+        if key not in old:
+            continue
+        bpp0, psnr0, msssim0 = old[key]
+        rows.append({"point": key, "bpp": bpp, "bpp_committed": bpp0, "psnr": psnr, "psnr_committed": psnr0,
+                     "d_bpp": bpp - bpp0, "d_bpp_percent": 100 * (bpp / bpp0 - 1) if bpp0 else math.nan,
+                     "d_psnr": psnr - psnr0,
+                     "d_msssim": msssim - msssim0 if msssim is not None and msssim0 is not None else None})
+    return rows
+
+
+def format_comparison(name: str, rows: list[dict], against: str) -> list[str]:
+    if not rows:
+        return [f"{name}: no point in common with {against}"]
+    lines = [f"{name} vs {against}: {len(rows)} point(s) in common"]
+    for r in rows:
+        ms = "" if r["d_msssim"] is None else f"  MS-SSIM {r['d_msssim']:+.5f}"
+        lines.append(f"  {r['point']:<16} bpp {r['bpp']:.4f} vs {r['bpp_committed']:.4f} ({r['d_bpp']:+.4f}, "
+                     f"{r['d_bpp_percent']:+.2f} %)  PSNR {r['psnr']:.2f} vs {r['psnr_committed']:.2f} dB "
+                     f"({r['d_psnr']:+.3f} dB){ms}")
+    worst_bpp = max(abs(r["d_bpp_percent"]) for r in rows)
+    worst_psnr = max(abs(r["d_psnr"]) for r in rows)
+    lines.append(f"  largest difference: {worst_bpp:.2f} % bpp, {worst_psnr:.3f} dB PSNR")
+    return lines
+
+
+def committed_version(path: Path) -> dict | None:
+    """The file as git's HEAD has it (None when it is outside the repository or not committed)."""
+    try:
+        relative = path.resolve().relative_to(REPO)
+    except ValueError:
+        return None
+    shown = subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{relative.as_posix()}"], capture_output=True,
+                           text=True)
+    return json.loads(shown.stdout) if shown.returncode == 0 else None
+
+
+def compare_folders(fresh: Path, committed: Path) -> list[str]:
+    """Every results JSON in ``fresh`` against the one of the same name in ``committed``."""
+    lines = []
+    names = sorted(p.name for p in fresh.glob("*.json") if (committed / p.name).is_file())
+    for name in names:
+        new, old = (json.loads((folder / name).read_text()) for folder in (fresh, committed))
+        if "results" not in new or "results" not in old:
+            continue
+        lines += format_comparison(name, compare_documents(new, old), str(committed / name))
+    return lines or [f"no results JSON of the same name in {fresh} and {committed}"]
+
+
+def report_against_commit(target: Path) -> None:
+    """After an evaluation wrote ``target``: how far it is from the committed file, if git has one: the file itself
+    when it lies in the repository, else the one of that name in the committed results folder."""
+    inside = committed_version(target)
+    reference = target if inside is not None else REPO / COMMITTED_RESULTS / target.name
+    committed = inside if inside is not None else committed_version(reference)
+    if committed is not None and target.is_file():
+        against = f"{reference.resolve().relative_to(REPO)} at git HEAD"
+        print("\n".join(format_comparison(target.name, compare_documents(json.loads(target.read_text()), committed),
+                                         against)), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="runs/reproduce", help="where models are trained (not committed)")
@@ -214,11 +310,18 @@ def main() -> int:
     parser.add_argument("--train", default=str(DATA / "photos-train"))
     parser.add_argument("--stages", default="", help="comma-separated stage names (default: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per training run")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every training run, e.g. crop=256 (repeatable)")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--compare", default=None, metavar="DIR",
+                        help="compare the results JSONs in --results with those of the same name in DIR; run nothing")
     args = parser.parse_args()
     runs, results = Path(args.runs), Path(args.results)
-    plan = stages(runs, results, Path(args.kodak), Path(args.train), args.threads)
+    if args.compare:
+        print("\n".join(compare_folders(results, Path(args.compare))))
+        return 0
+    plan = stages(runs, results, Path(args.kodak), args.train, args.threads, tuple(args.override))
     wanted = [s for s in args.stages.split(",") if s]
     unknown = set(wanted) - {name for name, _, _ in plan}
     if unknown:
@@ -246,6 +349,8 @@ def main() -> int:
             if not run_command((cmd, capture), results, args.dry_run):
                 print(f"stage {name} failed: {shlex.join(cmd)}", file=sys.stderr)
                 return 1
+            if target is not None and target.suffix == ".json" and not args.dry_run:
+                report_against_commit(target)
     return 0
 
 

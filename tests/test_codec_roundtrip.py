@@ -49,12 +49,12 @@ def make_rate_dependent(net: torch.nn.Module, strength: float = 1.5, offset: flo
             mod.out.bias.copy_(sign * (jitter - strength + offset))
 
 
-def tiny_variable_rate_model(folder, plugins: list[str], seed: int = 0):
-    """A tiny bmshj2018-hyperprior wrapped with ``plugins``, modulators made rate-dependent, saved and loaded
-    back (as a user gets it)."""
+def tiny_variable_rate_model(folder, plugins: list[str], seed: int = 0, configs: dict | None = None):
+    """A tiny bmshj2018-hyperprior wrapped with ``plugins`` (and their ``configs``), modulators made
+    rate-dependent, saved and loaded back (as a user gets it)."""
     torch.manual_seed(seed)
     spec = BaseSpec(arch="bmshj2018-hyperprior", weights="random", arch_kwargs=dict(TINY_KWARGS))
-    wrapped = wrap(spec, plugins)
+    wrapped = wrap(spec, plugins, configs)
     make_rate_dependent(wrapped.net)
     wrapped.net.update(force=True)
     return load_model(save_model(wrapped, folder))

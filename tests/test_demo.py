@@ -1,18 +1,18 @@
-"""The README's main job: `vrtk demo` on the embedded default model, offline."""
+"""The README's main job: `vrtk demo` on the embedded variable-rate default model, offline."""
 
 from __future__ import annotations
 
 from conftest import run_cli
 
-from vrtk.zoo import default_model_info
-
 
 def test_demo_codes_an_image_and_compares_with_jpeg(tmp_path):
     code, out, err = run_cli("demo", "--out", str(tmp_path / "demo"))
     assert code == 0, err
-    assert (tmp_path / "demo" / "demo.vrtk").read_bytes()[:4] == b"VRTK"
-    assert (tmp_path / "demo" / "demo-decoded.png").is_file()
-    assert "PSNR" in out and "JPEG (Pillow)" in out and "trainable params" in out
-    assert f"lambda {default_model_info()['lambda']}" in out
+    files = sorted(p.name for p in (tmp_path / "demo").iterdir())
+    assert len([f for f in files if f.endswith(".vrtk")]) == 4 and len([f for f in files if f.endswith(".png")]) == 4
+    assert (tmp_path / "demo" / "target.vrtk").read_bytes()[:4] == b"VRTK"
+    sizes = [(tmp_path / "demo" / f).stat().st_size for f in files if f.startswith("lambda-") and f.endswith(".vrtk")]
+    assert len(set(sizes)) == 3  # three rates, three different files: the model really is variable-rate
+    assert "JPEG" in out and "WebP" in out and "target 0.3 bpp" in out and "trainable params" in out
     code, _, err = run_cli("demo", "--out", str(tmp_path / "demo"))
     assert code == 2 and "--force" in err  # never writes over earlier outputs silently

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vrtk.api import Coder
-from vrtk.container import MAX_PIXELS, Container, parse
+from vrtk.container import MAX_PIXELS, VERSION, Container, parse
 from vrtk.data import synthetic_images
 from vrtk.errors import BitstreamError, VrtkError
 from vrtk.model import load_model, save_model, wrap
@@ -199,7 +199,7 @@ def test_wrong_magic_version_and_fingerprint_are_refused(model, valid):
     cases = {
         "magic": b"VRTX" + valid[4:],
         "magic, checksum repaired": recrc(b"PNG\x00" + valid[4:]),
-        "newer version": recrc(valid[:4] + struct.pack(">H", 2) + valid[6:]),
+        "newer version": recrc(valid[:4] + struct.pack(">H", VERSION + 1) + valid[6:]),
         "version 0": recrc(valid[:4] + struct.pack(">H", 0) + valid[6:]),
         "other model": recrc(valid[:14] + bytes(32) + valid[46:]),
         "empty": b"",

@@ -104,7 +104,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path, monkeyp
 
 def test_ddp_on_cpu_with_two_processes(tmp_path):
     env = {**os.environ, "VRTK_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
            "-m", "vrtk", "run", "pretrain", "profile=test", "steps=4", f"out={tmp_path / 'ddp'}", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -126,3 +126,12 @@ def test_ema_starts_after_the_first_batch_initialised_the_gates(tmp_path):
     assert plain and plain.keys() == averaged.keys()
     for key, value in plain.items():
         assert averaged[key] == pytest.approx(value, rel=0.1), key
+
+
+def _free_port() -> int:
+    """A port nothing listens on now: a fixed one fails when another run (or a slow-closing one) holds it."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from vrtk import container
+from vrtk import container, limits
 from vrtk.errors import BitstreamError, ImageError, RateError
 from vrtk.images import LoadedImage, load_image, to_pil
 from vrtk.rate import check_lambda, quality_to_lambda, use_rate
@@ -33,11 +33,12 @@ DEFAULT_TOLERANCE = 0.01  # target-bpp search: relative distance from the target
 
 
 # -- models ---------------------------------------------------------------------------------------------------
-def load(model="default", device: str | None = None):
-    """A WrappedModel ready to code: entropy tables built, eval mode."""
+def load(model="default", device: str | None = None, allow_code: bool = False):
+    """A WrappedModel ready to code: entropy tables built, eval mode. A model folder naming a class of its own
+    (``package.module:Class``) is refused unless ``allow_code`` (importing it runs that package's code)."""
     from vrtk.model import WrappedModel, resolve_model
 
-    wrapped = model if isinstance(model, WrappedModel) else resolve_model(str(model))
+    wrapped = model if isinstance(model, WrappedModel) else resolve_model(str(model), allow_code=allow_code)
     if device:
         wrapped.to(device)
     wrapped.net.eval()
@@ -102,10 +103,10 @@ def as_image(image) -> LoadedImage:
     except ImportError:  # pragma: no cover - Pillow is a dependency
         Image = None
     if Image is not None and isinstance(image, Image.Image):
-        from vrtk.images import _to_array
+        from vrtk.images import _frames_note, _to_array, source_bits
 
-        notes: list[str] = []
-        array, mode = _to_array(image, notes)
+        notes: list[str] = [note for note in (_frames_note(image),) if note]
+        array, mode = _to_array(image, notes, *source_bits(image))
         return LoadedImage(torch.from_numpy(array).permute(2, 0, 1).contiguous(), mode, notes)
     raise ImageError(f"cannot code a {type(image).__name__}: give a path, a PIL image or a tensor")
 
@@ -170,17 +171,27 @@ class CompressResult:
 class Coder:
     """One model prepared for coding: rate rules, fingerprint and options computed once for many images."""
 
-    def __init__(self, model="default", options: dict | None = None, registry=None, device: str | None = None):
+    def __init__(self, model="default", options: dict | None = None, registry=None, device: str | None = None,
+                 allow_code: bool = False, memory_budget: int | str | None = None, backend: str = "torch",
+                 graphs=None):
+        """``memory_budget``: bytes (or ``"8G"``) one encode or decode may use; default ``VRTK_MEMORY_BUDGET``.
+        ``backend``: ``torch`` or ``onnxruntime`` (the graphs of ``graphs``, a folder made by ``vrtk export``,
+        by default ``model`` itself); both write files the other decodes (vrtk.export.view)."""
         from vrtk.options import apply_options
         from vrtk.plugin_manager import get_registry
 
         self.registry = registry or get_registry()
-        self.wrapped = load(model, device)
+        self.memory_budget = limits.memory_budget(memory_budget)  # checked now: a bad value fails before any work
+        self.wrapped = load(model, device, allow_code=allow_code)
         self.net = self.wrapped.net
         self.fingerprint = self.wrapped.fingerprint()  # before any option, as the decoder computes it
         self.rate_dependent = needs_rate(self.wrapped, self.registry)
         self.options = dict(options or {})
         apply_options(self.net, self.options, self.registry)
+        from vrtk.export.view import codec_view  # the transforms of `backend`, CompressAI's coding, guarded indexes
+
+        self.codec = codec_view(self.wrapped, backend, model if graphs is None else graphs, self.options)
+        self.options = dict(self.codec.options)
 
     @property
     def device(self) -> torch.device:
@@ -193,24 +204,28 @@ class Coder:
 
         width, height = image.size
         _check_size(width, height)
-        x = image.tensor[None].to(self.device)
-        xp, _ = pad(x)
-        with use_rate(self.net, lmbda, self.registry):
-            out = self.net.compress(xp)
+        self.check_memory(width, height, "encoding", lmbda)
+        with limits.allocation_failures(f"encoding a {width}x{height} image"):
+            x = image.tensor[None].to(self.device)
+            xp, _ = pad(x)
+            with use_rate(self.net, lmbda, self.registry):
+                out = self.codec.compress(xp)
         strings = [[bytes(s) for s in group] for group in out["strings"]]
         shape = tuple(int(d) for d in out["shape"])
         return container.Container(fingerprint=self.fingerprint, lmbda=lmbda, width=width, height=height,
                                    mode=image.mode, shape=shape, strings=strings,
-                                   options=self.options).to_bytes()
+                                   options=self.options, guard=out["guard"][0]).to_bytes()
 
     @torch.no_grad()
     def estimate_bits(self, image: LoadedImage, lmbda: float) -> float:
         """Bits of the entropy-coded strings as the model's likelihoods predict them (one forward pass)."""
         from vrtk.codec import pad
 
-        xp, _ = pad(image.tensor[None].to(self.device))
-        with use_rate(self.net, lmbda, self.registry):
-            out = self.net(xp)
+        self.check_memory(*image.size, "encoding", lmbda)
+        with limits.allocation_failures(f"encoding a {image.size[0]}x{image.size[1]} image"):
+            xp, _ = pad(image.tensor[None].to(self.device))
+            with use_rate(self.net, lmbda, self.registry):
+                out = self.codec(xp)
         return float(sum(torch.log2(lk).sum().neg() for lk in out["likelihoods"].values()))
 
     def compress(self, image, lmbda: float | None = None, quality: float | None = None,
@@ -233,6 +248,11 @@ class Coder:
 
     def search(self, image: LoadedImage, target_bpp: float, tolerance: float = DEFAULT_TOLERANCE) -> _Search:
         return _Search(self, image, target_bpp, tolerance).run()
+
+    def check_memory(self, width: int, height: int, what: str, lmbda: float | None, groups: int = 0) -> None:
+        """Refuse, before allocating, an image whose coding would need more memory than the budget."""
+        rate = lmbda if lmbda is not None else self.wrapped.middle_lambda()
+        limits.check_memory(self.net, width, height, what, rate, self.registry, self.memory_budget, groups)
 
     # - decoder
     def check(self, header: container.Container) -> None:
@@ -259,6 +279,7 @@ class Coder:
             if header.shape != expected:
                 raise BitstreamError(f"damaged .vrtk file: latent shape {header.shape} does not fit a "
                                      f"{header.width}x{header.height} image (expected {expected})")
+        limits.check_string_capacity(self.net, header.shape, header.strings, header.width, header.height)
 
     @torch.no_grad()
     def decode(self, data: bytes) -> Decoded:
@@ -269,15 +290,22 @@ class Coder:
 
         header = container.parse(data)
         self.check(header)
+        self.codec.check_options(header.options)  # graphs of an export run with the options they were made with
         if header.options != self.options:
             if set(self.options) - set(header.options):
                 raise BitstreamError(f"this loaded model has the options {self.options} applied and the file "
                                      f"needs {header.options or 'none'}: decode it with a freshly loaded model")
-            apply_options(self.net, header.options, self.registry)
+            try:
+                apply_options(self.net, header.options, self.registry)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise BitstreamError(f"damaged .vrtk file: its options {header.options} do not fit this model "
+                                     f"({exc})") from None
             self.options = dict(header.options)
+        self.check_memory(header.width, header.height, "decoding", header.lmbda, groups=len(header.strings))
         try:
-            with use_rate(self.net, header.lmbda, self.registry):
-                out = self.net.decompress(_guard_strings(self.net, header), header.shape)
+            with limits.allocation_failures(f"decoding a {header.width}x{header.height} image"), \
+                    use_rate(self.net, header.lmbda, self.registry):
+                out = self.codec.decompress(_guard_strings(self.net, header), header.shape, guard=header.guard)
         except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
             raise BitstreamError(f"the entropy-coded data does not decode with this model ({exc})") from None
         x_hat = out["x_hat"]
@@ -298,13 +326,10 @@ def _guard_strings(net, header: container.Container) -> list[list[bytes]]:
     The C++ decoder trusts the stream: it reads a 32-bit word whenever its state runs low, with no end check, so a
     short or garbled string makes it read past the end of the buffer (a segfault on a large image). It reads at
     most about one word per decoded symbol, so 8 bytes per symbol of the largest latent (M channels at 1/16 of the
-    padded size) keeps every read inside. A valid stream never reads its padding, so decoding is unchanged."""
-    from vrtk.codec import PAD_MULTIPLE
-
-    padded = [-(-d // PAD_MULTIPLE) * PAD_MULTIPLE for d in (header.height, header.width)]
-    channels = getattr(net, "M", None)
-    channels = channels if isinstance(channels, int) and channels > 0 else 512
-    zeros = bytes(64 + 8 * channels * (padded[0] // 16) * (padded[1] // 16))
+    padded size) keeps every read inside. A valid stream never reads its padding, so decoding is unchanged.
+    Called only after :meth:`Coder.check_memory` counted these bytes in the budget: a hostile header cannot make
+    it build a giant bytes object."""
+    zeros = bytes(limits.guard_bytes(net, header.width, header.height))
     return [[bytes(s) + zeros for s in group] for group in header.strings]
 
 
@@ -410,23 +435,25 @@ class _Search:
 
 # -- the short forms --------------------------------------------------------------------------------------------
 def compress(image, model="default", lmbda: float | None = None, quality: float | None = None,
-             target_bpp: float | None = None, options: dict | None = None) -> bytes:
+             target_bpp: float | None = None, options: dict | None = None,
+             allow_code: bool = False) -> bytes:
     """Image (path, PIL image or tensor) -> the bytes of a .vrtk file. Conversion notes become warnings."""
-    result = Coder(model, options).compress(image, lmbda=lmbda, quality=quality, target_bpp=target_bpp)
+    coder = Coder(model, options, allow_code=allow_code)
+    result = coder.compress(image, lmbda=lmbda, quality=quality, target_bpp=target_bpp)
     for note in result.notes:
         warnings.warn(note, stacklevel=2)
     return result.data
 
 
-def decompress(data: bytes | str | os.PathLike, model="default"):
+def decompress(data: bytes | str | os.PathLike, model="default", allow_code: bool = False):
     """.vrtk bytes (or a path to a .vrtk file) -> a PIL image in the original mode (RGB or L) and size."""
     if isinstance(data, (str, os.PathLike)):
         data = read_file(data)
-    return Coder(model).decode(data).to_pil()
+    return Coder(model, allow_code=allow_code).decode(data).to_pil()
 
 
-def decompress_tensor(data: bytes, model="default") -> Decoded:
-    return Coder(model).decode(data)
+def decompress_tensor(data: bytes, model="default", allow_code: bool = False) -> Decoded:
+    return Coder(model, allow_code=allow_code).decode(data)
 
 
 def read_file(path: str | os.PathLike) -> bytes:

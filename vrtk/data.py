@@ -7,7 +7,6 @@ exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

@@ -29,5 +29,10 @@ class RecipeError(VrtkError):
     """A recipe that does not exist, an unknown key, or a run directory that would be overwritten."""
 
 
+class ResourceError(VrtkError):
+    """Work that would need more memory than the budget allows (refused before allocating), or an allocation that
+    failed: named as such, never mistaken for a damaged input."""
+
+
 class TrainingError(VrtkError):
     """Training cannot continue (for example a NaN loss); the last good checkpoint is kept."""

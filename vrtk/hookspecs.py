@@ -55,3 +55,14 @@ def vrtk_layer_stats(model):
 @hookspec
 def vrtk_inference_modes(model, mode):
     """Apply an inference option, e.g. ``{"ecg.scale": 0.5}`` or ``{"ecg.sparse": True}``; return the keys used."""
+
+
+@hookspec
+def vrtk_slim(model, images, settings):
+    """Remove the channels this plugin's modules (nearly) always zero: ``vrtk export --slim``.
+
+    ``model`` is the WrappedModel (not just its network), ``images`` a list of calibration images, each (1, 3, H, W)
+    padded as the codec pads them, ``settings`` a dict (``min_closed``, ``compensate``, ``lambdas``). Return
+    ``(slim WrappedModel, report dict)``, or None when the model has none of this plugin's modules. The generic
+    channel removal and the slim architectures are in vrtk/slim.py and vrtk/slim_arch.py.
+    """

@@ -19,6 +19,9 @@ class Adapter(nn.Module):
     """Base class of every module a plugin injects."""
 
     plugin_name: str = "?"
+    # True when forward(x) == base_layer(f(x)) for some f: the output is the base layer's own, so a per-channel
+    # scale after it can be folded into the base layer's weights (vrtk/fold.py).
+    output_is_base_layers: bool = False
 
     def adapter_params(self) -> Iterator[nn.Parameter]:
         """Parameters this adapter added (not those of the wrapped ``base_layer``)."""

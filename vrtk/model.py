@@ -12,7 +12,6 @@ Loading rebuilds the base, checks its hash, re-injects the plugins in order, loa
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +24,15 @@ from vrtk.errors import ModelError, PluginError
 from vrtk.fileio import write_json_atomic, write_with_atomic
 from vrtk.injection import Site, adapters, freeze_all_but_adapters
 from vrtk.plugin_manager import Registry, get_registry
-from vrtk.zoo import BaseSpec, build_base, state_dict_sha256
+from vrtk.zoo import (
+    DEFAULT_BASE_NAME,
+    DEFAULT_MODEL_NAME,
+    BaseSpec,
+    build_base,
+    default_base_info,
+    default_model_dir,
+    state_dict_sha256,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -189,22 +196,29 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
 
 
-def load_model(path: str | os.PathLike, registry: Registry | None = None, device: str | None = None) -> WrappedModel:
-    """Rebuild a saved model: base (hash checked), plugins re-injected in order, weights loaded strictly."""
+def model_folder(name_or_path: str | os.PathLike) -> Path | None:
+    """The model folder a name means: ``default`` (the embedded variable-rate model) or a folder path."""
+    if str(name_or_path) == DEFAULT_MODEL_NAME:
+        return default_model_dir()
+    return Path(name_or_path) if is_model_dir(name_or_path) else None
+
+
+def load_model(path: str | os.PathLike, registry: Registry | None = None, device: str | None = None,
+               allow_code: bool = False) -> WrappedModel:
+    """Rebuild a saved model: base (hash checked), plugins re-injected in order, weights loaded strictly.
+
+    The folder may come from anyone: every field and size is checked before anything is built, and a class the
+    folder names (``package.module:Class``) is imported only with ``allow_code`` (see vrtk/folder_check.py)."""
     from safetensors.torch import load_file
+
+    from vrtk import folder_check
 
     path = Path(path)
     if not is_model_dir(path):
         raise ModelError(f"{path}: not a vrtk model folder (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
-    try:
-        config = json.loads((path / CONFIG_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path / CONFIG_NAME}: unreadable ({exc})") from None
-    if config.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a vrtk model config")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelError(f"{path}: format version {config['format_version']} is newer than this vrtk "
-                         f"({FORMAT_VERSION}); upgrade vrtk")
+    config = folder_check.read_config(path / CONFIG_NAME)
+    folder_check.check_config(config, path / CONFIG_NAME, allow_code, registry)
+    folder_check.check_weights_file(path / WEIGHTS_NAME)
     base = BaseSpec.from_dict(config["base"])
     full = config.get("weights") == "full"
     expected_hash = base.weights_sha256
@@ -218,7 +232,11 @@ def load_model(path: str | os.PathLike, registry: Registry | None = None, device
     base.weights_sha256 = expected_hash
     plugins = [p["name"] for p in config.get("plugins", [])]
     configs = {p["name"]: p.get("config", {}) for p in config.get("plugins", [])}
-    wrapped = wrap(base, plugins, configs, registry=registry, net=net)
+    try:
+        wrapped = wrap(base, plugins, configs, registry=registry, net=net)
+    except (TypeError, ValueError, LookupError, AttributeError) as exc:  # a setting the plugin did not check
+        raise ModelError(f"{path / CONFIG_NAME}: the plugins {plugins} cannot be set up with these settings "
+                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
     try:
         tensors = {k: v.clone() for k, v in load_file(str(path / WEIGHTS_NAME)).items()}
     except Exception as exc:
@@ -229,17 +247,29 @@ def load_model(path: str | os.PathLike, registry: Registry | None = None, device
     if unexpected or missing:
         raise ModelError(f"{path}: weights do not fit the rebuilt model; unexpected: {unexpected[:8]}, "
                          f"missing: {missing[:8]}")
+    folder_check.check_tensors(own, tensors, path / WEIGHTS_NAME)
     _fit_buffers(wrapped.net, tensors)
     merged = {**wrapped.net.state_dict(), **tensors}
     wrapped.net.load_state_dict(merged, strict=True)
     wrapped.lambdas = [float(x) for x in config.get("rate", {}).get("lambdas", [])]
     wrapped.metric = config.get("rate", {}).get("metric", base.metric)
     wrapped.extra = config.get("extra", {})
-    wrapped.net.update(force=True)
+    _update_tables(wrapped.net, path)
     wrapped.net.eval()
     if device:
         wrapped.net.to(device)
     return wrapped
+
+
+def _update_tables(net: nn.Module, path: Path) -> None:
+    """Build the entropy coder's tables from the loaded weights; a failure names the folder, not a traceback."""
+    from vrtk.limits import allocation_failures
+
+    try:
+        with allocation_failures(f"building the entropy tables of {path}"):
+            net.update(force=True)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"{path}: the entropy coder's tables cannot be built from these weights ({exc})") from None
 
 
 def _fit_buffers(net: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -253,17 +283,20 @@ def _fit_buffers(net: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def resolve_model(name_or_path: str, quality: int | None = None, metric: str = "mse", weights: str = "zoo",
-                  arch_kwargs: dict | None = None, registry: Registry | None = None) -> WrappedModel:
-    """A model folder, ``default``, a zoo name, or ``package.module:Class`` -> a WrappedModel (no plugins)."""
-    if is_model_dir(name_or_path):
-        return load_model(name_or_path, registry=registry)
+                  arch_kwargs: dict | None = None, registry: Registry | None = None,
+                  allow_code: bool = False) -> WrappedModel:
+    """A model folder, ``default``, ``default-base``, a zoo name, or ``package.module:Class`` -> a WrappedModel.
+
+    ``package.module:Class`` given here is imported (the caller named it); a class named inside a model folder is
+    imported only with ``allow_code``."""
+    folder = model_folder(name_or_path)
+    if folder is not None:
+        return load_model(folder, registry=registry, allow_code=allow_code)
     spec = BaseSpec(arch=name_or_path, quality=quality, metric=metric, weights=weights,
                     arch_kwargs=dict(arch_kwargs or {}))
     wrapped = wrap(spec, [], registry=registry)
-    if name_or_path == "default":
-        from vrtk.zoo import default_model_info
-
-        wrapped.lambdas = [float(default_model_info()["lambda"])]
+    if name_or_path == DEFAULT_BASE_NAME:
+        wrapped.lambdas = [float(default_base_info()["lambda"])]
     wrapped.net.update(force=True)
     return wrapped
 

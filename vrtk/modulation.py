@@ -51,6 +51,7 @@ from vrtk.errors import PluginError, RateError
 from vrtk.injection import Adapter, Injector, Site, get_submodule, replace_submodule
 
 RANGE_TOLERANCE = 1e-6  # relative slack at the ends of the configured range (float round trips)
+STATIC_TOLERANCE = 1e-6  # relative change of a modulator's scale across the range below which it is static
 
 
 def normalised_log_lambda(lmbda: float, lambdas: Sequence[float]) -> float:
@@ -138,6 +139,58 @@ class ChannelModulator(RateModule):
                               f"shape {tuple(x.shape)}")
         vector = self.scale().to(dtype=x.dtype, device=x.device)
         return x * vector.view(1, -1, *([1] * (x.dim() - 2)))
+
+    @torch.no_grad()
+    def scales_over_range(self) -> torch.Tensor:
+        """(P, C): the scale at the configured lambdas and the log-midpoints between them; the rate set before
+        is restored. A modulator that has learned anything differs between some of these points."""
+        before = self.lmbda
+        try:
+            rows = []
+            for lmbda in probe_lambdas(self.lambdas):
+                self.lmbda = lmbda
+                rows.append(self.scale().detach().float().cpu())
+            return torch.stack(rows)
+        finally:
+            self.lmbda = before
+
+    def is_identity(self, tolerance: float = STATIC_TOLERANCE) -> bool:
+        """Whether the scale is 1 everywhere in the range (how bm and gain start: the wrapped base unchanged)."""
+        return bool((self.scales_over_range() - 1).abs().max() <= tolerance)
+
+    def varies_with_rate(self, tolerance: float = STATIC_TOLERANCE) -> bool:
+        """Whether the scale changes across the range; if no modulator's does, every rate codes the same."""
+        scales = self.scales_over_range()
+        return bool((scales - scales[0]).abs().max() > tolerance * scales[0].abs().max().clamp_min(1e-12))
+
+
+def probe_lambdas(lambdas: Sequence[float]) -> list[float]:
+    """The lambdas themselves plus the geometric midpoints between neighbours (where interpolation acts)."""
+    lams = sorted(float(x) for x in lambdas)
+    mids = [math.sqrt(a * b) for a, b in zip(lams, lams[1:], strict=False)]
+    return sorted(lams + mids)
+
+
+def untrained_rate_warning(model: nn.Module) -> str | None:
+    """A sentence for the user when the model's rate modulators are the same at every lambda, else None.
+
+    Plugin-agnostic: it looks at every :class:`RateModule`. It only speaks when all of them are
+    :class:`ChannelModulator` (whose scale can be probed without an input) covering more than one lambda and none
+    varies: then ``--lambda`` changes nothing and every rate writes the same bitstream. A fresh ``vrtk wrap``
+    with ``bm`` or ``gain`` is such a model (both start as the identity) until a recipe trains it."""
+    rate_modules = [m for m in model.modules() if isinstance(m, RateModule)]
+    if not rate_modules or not all(isinstance(m, ChannelModulator) and len(m.lambdas) > 1 for m in rate_modules):
+        return None
+    if any(m.varies_with_rate() for m in rate_modules):
+        return None
+    plugins = sorted({m.plugin_name for m in rate_modules})
+    lo = min(m.lambdas[0] for m in rate_modules)
+    hi = max(m.lambdas[-1] for m in rate_modules)
+    what = "the identity" if all(m.is_identity() for m in rate_modules) else "the same"
+    return (f"{' and '.join(plugins)} {'is' if len(plugins) == 1 else 'are'} not trained: "
+            f"{len(rate_modules)} rate modulators are {what} at every "
+            f"lambda in [{lo:g}, {hi:g}], so every rate gives the same bitstream; train the model first "
+            f"(`vrtk recipes` lists the recipes, `model=FOLDER` starts one from a saved model)")
 
 
 def set_rate_on(model: nn.Module, cls: type, lmbda: float) -> int:

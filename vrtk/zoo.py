@@ -2,7 +2,8 @@
 
 A base model is ``(architecture, quality | arch_kwargs, metric, weights)``. Weights are one of
 ``zoo`` (CompressAI's published file: torch hub cache, else a download), ``random`` (fresh init),
-``default`` (the small model embedded in vrtk) or a local checkpoint path.
+``default-base`` (the plain base embedded in vrtk) or a local checkpoint path. The embedded variable-rate
+model ``default`` is a model folder (vrtk/embedded.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from vrtk.errors import ModelError
 COMPRESSAI_MSE_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 COMPRESSAI_MSSSIM_LAMBDAS = (2.40, 4.58, 8.73, 16.64, 31.73, 60.50, 115.37, 220.00)
 ZOO_ROOT_URL = "https://compressai.s3.amazonaws.com/models/v1"
-DEFAULT_MODEL_NAME = "default"
+DEFAULT_MODEL_NAME = "default"  # the embedded variable-rate model (a model folder)
+DEFAULT_BASE_NAME = "default-base"  # its plain base at one lambda (an architecture's weights)
 ASSETS = Path(__file__).parent / "assets"
 
 
@@ -99,7 +101,10 @@ def unregister_arch(name: str) -> None:
 
 
 def all_archs() -> dict[str, ArchSpec]:
+    from vrtk.slim_arch import slim_archs  # vrtk's own: CompressAI chains with per-layer widths (export --slim)
+
     archs = dict(_compressai_archs())
+    archs.update(slim_archs())
     archs.update(_EXTRA_ARCHS)
     return archs
 
@@ -124,17 +129,23 @@ def get_arch(name: str) -> ArchSpec:
     key = canonical_name(name)
     if key in archs:
         return archs[key]
-    hint = difflib.get_close_matches(key, list(archs) + [DEFAULT_MODEL_NAME], n=3)
+    hint = difflib.get_close_matches(key, list(archs) + [DEFAULT_MODEL_NAME, DEFAULT_BASE_NAME], n=3)
     more = f" Did you mean: {', '.join(hint)}?" if hint else ""
     raise ModelError(f"Unknown model {name!r}.{more} `vrtk models` lists them; a class of your own is "
                      "`--arch package.module:Class`.")
 
 
 def import_class(path: str) -> Callable[..., nn.Module]:
-    """Import ``package.module:Class`` (the user asked for this code to run)."""
+    """Import ``package.module:Class`` (the user asked for this code to run). A registered architecture's class
+    that is already imported is returned without importing anything (model folders are checked for this before)."""
+    from vrtk.folder_check import registered_class
+
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ModelError(f"--arch {path!r}: expected package.module:Class")
+    known = registered_class(path)
+    if known is not None:
+        return known
     try:
         obj = importlib.import_module(module_name)
         for part in attr.split("."):
@@ -189,9 +200,14 @@ def rename_compressai_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read tensors from a checkpoint without running code: safetensors, or torch.load(weights_only=True)."""
+    from vrtk.limits import MEMORY_BUDGET_ENV, human_bytes, memory_budget
+
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"checkpoint {str(path)!r} does not exist")
+    if path.stat().st_size > memory_budget():
+        raise ModelError(f"{path}: {human_bytes(path.stat().st_size)} is more than the memory budget "
+                         f"({human_bytes(memory_budget())}, {MEMORY_BUDGET_ENV})")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -202,9 +218,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: refused or unreadable checkpoint; only plain tensors are loaded "
-                         f"(weights_only=True): {first}") from None
+        raise ModelError(f"{path}: refused: vrtk reads only plain tensors from a checkpoint, and this file "
+                         f"{_load_failure(exc)}. A safetensors file or a plain state_dict loads.") from None
     if isinstance(obj, dict):
         for key in ("state_dict", "network", "model"):
             if isinstance(obj.get(key), dict):
@@ -214,6 +229,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelError(f"{path}: not a state_dict (expected a mapping of names to tensors, or a training "
                          "checkpoint holding one under 'state_dict' or 'network')")
     return _owned(rename_compressai_keys(obj))
+
+
+def _load_failure(exc: Exception) -> str:
+    """What torch.load(weights_only=True) refused, without torch's advice to retry with weights_only=False: that
+    would run whatever code the file carries, and the file may come from anyone."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error:" in line:
+            reason = line.split("WeightsUnpickler error:", 1)[1].strip().split(". ", 1)[0].rstrip(".")
+            return f"holds other Python objects ({reason})"
+    plain = [line for line in lines if "weights_only" not in line and not line.startswith("Weights only load")]
+    return f"is not readable ({plain[0][:200] if plain else type(exc).__name__})"
 
 
 def _owned(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -253,19 +280,23 @@ def load_zoo_state(spec: ArchSpec, metric: str, quality: int) -> dict[str, torch
             raise ModelError(
                 f"pretrained weights for {spec.name} quality {quality} ({metric}) are not available offline: "
                 f"expected {cached} ({reason}). Put the file from {url} there, or use --weights PATH, "
-                f"--weights random, or the embedded model `{DEFAULT_MODEL_NAME}`.")
+                f"--weights random, or the embedded base `{DEFAULT_BASE_NAME}`.")
     return read_state_dict(cached)
 
 
-def default_model_files() -> tuple[Path, Path]:
-    return ASSETS / "default.safetensors", ASSETS / "default.json"
+def default_model_dir() -> Path:
+    """The embedded variable-rate model ``default``: a vrtk model folder (see vrtk/embedded.py)."""
+    return ASSETS / DEFAULT_MODEL_NAME
 
 
-def default_model_info() -> dict:
-    weights, meta = default_model_files()
+def default_base_files() -> tuple[Path, Path]:
+    return ASSETS / f"{DEFAULT_BASE_NAME}.safetensors", ASSETS / f"{DEFAULT_BASE_NAME}.json"
+
+
+def default_base_info() -> dict:
+    weights, meta = default_base_files()
     if not weights.is_file() or not meta.is_file():
-        raise ModelError(f"the embedded default model is missing ({weights}); it is made by "
-                         "`vrtk run pretrain profile=cpu` and `vrtk export-default`")
+        raise ModelError(f"the embedded base model is missing ({weights}); it is made by `vrtk export-default`")
     return json.loads(meta.read_text())
 
 
@@ -324,15 +355,26 @@ def infer_sizes(spec: ArchSpec, state: dict[str, torch.Tensor]) -> dict[str, int
 
 def build_base(spec: BaseSpec) -> nn.Module:
     """Build the base model a ``BaseSpec`` names, with its weights, in eval mode."""
+    if spec.arch == DEFAULT_BASE_NAME:
+        return _build_default_base(spec)
     if spec.arch == DEFAULT_MODEL_NAME:
-        return _build_default(spec)
+        raise ModelError(f"`{DEFAULT_MODEL_NAME}` is the embedded variable-rate model (a model folder with the bm "
+                         f"plugin), not a base architecture; its plain base is `{DEFAULT_BASE_NAME}`. (Model folders "
+                         f"made before vrtk 0.2 name the old embedded base, which is no longer shipped.)")
+    from vrtk.folder_check import check_arch_kwargs
+    from vrtk.limits import allocation_failures, check_build_memory
+
     state = None
+    if not isinstance(spec.arch_kwargs, dict):
+        raise ModelError("arch_kwargs must be an object of constructor arguments, not "
+                         f"{type(spec.arch_kwargs).__name__}")
     if ":" in spec.arch:
         factory, arch_name = import_class(spec.arch), spec.arch
         kwargs = dict(spec.arch_kwargs)
     else:
         arch = get_arch(spec.arch)
         factory, arch_name = arch.factory, arch.name
+        check_arch_kwargs(spec.arch_kwargs, f"{arch.name} arch_kwargs")  # sizes no real model reaches, refused
         if spec.weights not in ("zoo", "random"):
             state = read_state_dict(spec.weights)
         if spec.arch_kwargs:
@@ -349,8 +391,10 @@ def build_base(spec: BaseSpec) -> nn.Module:
             state = load_zoo_state(arch, spec.metric, spec.quality)
             kwargs = infer_sizes(arch, state) or kwargs
     try:
-        model = factory(**kwargs)
-    except TypeError as exc:
+        check_build_memory(factory, kwargs, f"{arch_name} {kwargs}")
+        with allocation_failures(f"building {arch_name} {kwargs}"):
+            model = factory(**kwargs)
+    except (TypeError, ValueError) as exc:
         raise ModelError(f"cannot build {arch_name} with {kwargs}: {exc}") from None
     if spec.weights not in ("zoo", "random") and state is None:
         state = read_state_dict(spec.weights)
@@ -363,19 +407,19 @@ def build_base(spec: BaseSpec) -> nn.Module:
     return model.eval()
 
 
-def _build_default(spec: BaseSpec) -> nn.Module:
-    info = default_model_info()
-    weights, _ = default_model_files()
+def _build_default_base(spec: BaseSpec) -> nn.Module:
+    info = default_base_info()
+    weights, _ = default_base_files()
     from safetensors.torch import load_file
 
     arch = get_arch(info["arch"])
     model = arch.factory(**info["arch_kwargs"])
     state = {k: (v.float() if v.is_floating_point() else v).clone() for k, v in load_file(str(weights)).items()}
-    _check_fits(model, state, f"the default model ({info['arch']})")
+    _check_fits(model, state, f"the embedded base ({info['arch']})")
     model.load_state_dict(state)
     spec.arch_kwargs = dict(info["arch_kwargs"])
     spec.metric = info.get("metric", "mse")
-    spec.weights = DEFAULT_MODEL_NAME
+    spec.weights = DEFAULT_BASE_NAME
     spec.weights_sha256 = state_dict_sha256(model.state_dict())
     return model.eval()
 
@@ -385,28 +429,3 @@ def half_parameters(net: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[st
     CompressAI's likelihood floor (1e-9) into 0, and entropy-coder tables must stay exact. Loading casts back."""
     learned = {name for name, _ in net.named_parameters()}
     return {k: v.half() if k in learned and v.is_floating_point() else v for k, v in tensors.items()}
-
-
-def export_default(model_dir: str | os.PathLike, command: str, notes: dict | None = None) -> Path:
-    """Store a trained base (a vrtk model folder without plugins) as the embedded default: learned parameters
-    in fp16, buffers as they are -- fp16 would turn CompressAI's likelihood floor (1e-9) into 0, and a single
-    zero likelihood makes the rate term infinite when the model is fine-tuned."""
-    from safetensors.torch import save_file
-
-    from vrtk.fileio import write_json_atomic, write_with_atomic
-    from vrtk.model import load_model
-
-    wrapped = load_model(model_dir)
-    if wrapped.plugins:
-        raise ModelError("the default model is a plain base; this model has plugins")
-    if len(wrapped.lambdas) != 1:
-        raise ModelError("the default model must be trained at exactly one lambda")
-    state = {k: v.contiguous() for k, v in half_parameters(wrapped.net, wrapped.net.state_dict()).items()}
-    weights, meta = default_model_files()
-    write_with_atomic(weights, lambda tmp: save_file(state, str(tmp)))
-    arch = wrapped.base.arch
-    info = {"arch": arch, "arch_kwargs": wrapped.base.arch_kwargs, "metric": wrapped.metric,
-            "lambda": wrapped.lambdas[0], "dtype": "float16 parameters, buffers as trained", "made_by": command,
-            "training": wrapped.extra.get("training", {}), **(notes or {})}
-    write_json_atomic(meta, info)
-    return weights

@@ -9,52 +9,82 @@ from vrtk.errors import PluginError
 ESTIMATORS = ("ste", "soft")
 CHANNEL = -1  # gate_tile value: one decision per (image, channel)
 INIT_SCOPES = ("channel", "layer")
+ALPHA_REDUCTIONS = ("mean", "sum")
+# Every field a saved config held before ``alpha_reduction`` existed (all of them were there from the start).
+FIELDS_BEFORE_ALPHA_REDUCTION = frozenset({
+    "targets", "exclude", "estimator", "eps", "eps_relative", "energy_relative", "alpha_init", "init_sparsity",
+    "init_scope", "alpha_t", "gamma", "sparsity_target", "sparsity_weight", "sparsity_ramp", "gate_tile"})
+
+
+def upgrade_saved(values: dict) -> dict:
+    """A model folder saved before ``alpha_reduction`` existed names every older field and was trained with the
+    channel sum: give it that sum back, so fine-tuning it further (ecg-bm-finetune) keeps its loss."""
+    if FIELDS_BEFORE_ALPHA_REDUCTION <= set(values) and "alpha_reduction" not in values:
+        return {**values, "alpha_reduction": "sum"}
+    return values
 
 
 @dataclass
 class EcgConfig:
     """What to gate, how the gate trains, and how sparse it should become.
 
+    The defaults are Yin et al.'s method as published; every option marked *not in the paper* is off unless asked.
+
     Placement: ``targets=None`` gates every Conv2d/ConvTranspose2d of g_a, g_s, h_a, h_s except the convolutions
     that read each sub-network's input (the "first layer"); ``targets``/``exclude`` are exact module names or
     full regexes and replace that default.
 
-    Thresholds: th = omega * alpha (paper), or th = omega * alpha * mean(x^2) with ``energy_relative`` (our
-    deviation: a threshold the network cannot escape by growing its activations). ``alpha`` starts at
-    ``alpha_init``; with ``init_sparsity`` it is instead set from the first training batch (like Glow's ActNorm)
-    so that this fraction of each channel's (``init_scope=channel``) or the layer's (``layer``) inputs is zeroed.
+    Thresholds: th = omega * alpha (paper). ``energy_relative`` (not in the paper): th = omega * alpha * mean(x^2),
+    a threshold the network cannot escape by growing its activations. ``alpha`` starts at ``alpha_init`` (paper:
+    below ``alpha_t``, here 0, so the alpha term pulls it up). ``init_sparsity`` (not in the paper) instead sets
+    alpha from the first training batch (like Glow's ActNorm) so that this fraction of each channel's
+    (``init_scope=channel``) or the layer's (``layer``) inputs is zeroed.
 
-    Granularity: ``gate_tile=0`` decides per element (paper). ``gate_tile=T`` compares the mean energy of each
-    T x T tile of a channel with the threshold instead (our deviation): element-wise zeros save FLOPs but no CPU
+    Training: ``estimator=ste`` runs the hard mask forward with the gradient of sigmoid(eps * z), z = x^2 - th
+    (paper); ``soft`` trains with that sigmoid as the mask. ``eps_relative`` (not in the paper) divides z by the
+    channel's mean energy inside the sigmoid, so one ``eps`` suits layers of any scale.
+
+    Granularity: ``gate_tile=0`` decides per element (paper). ``gate_tile=T`` (not in the paper) compares the mean
+    energy of each T x T tile of a channel with the threshold instead: element-wise zeros save FLOPs but no CPU
     time, whole (tile, channel) blocks let the sparse inference path skip work (see sparse.py and the README).
-    ``gate_tile=-1`` (``CHANNEL``) decides per channel and image: a channel whose mean energy GAP(x^2) is below
-    its threshold is dropped whole, and the sparse path runs one convolution on the surviving channels.
+    ``gate_tile=-1`` (``CHANNEL``, not in the paper) decides per channel and image: a channel whose mean energy
+    GAP(x^2) is below its threshold is dropped whole, and the sparse path runs one convolution on the survivors.
 
-    Losses: gamma * sum ||alpha - alpha_t||^2 (paper, gamma = alpha_t = 1e-4), plus, when ``sparsity_target``
-    is set, ``sparsity_weight`` * sum over layers of max(0, target - sparsity)^2, where the sparsity is the
-    measured (hard) zero fraction with the gradient of the soft mask; the target rises linearly from
-    ``init_sparsity`` (or 0) to ``sparsity_target`` over ``sparsity_ramp`` steps.
+    Losses: gamma * mean_i (alpha_i - alpha_t)^2 per gated layer, summed over layers (paper: "a relatively high
+    target value alpha_t ... the mean square error of present alpha and alpha_t as an additional loss term",
+    gamma = alpha_t = 1e-4); ``alpha_reduction=sum`` (not in the paper) sums over the channels instead. When
+    ``sparsity_target`` is set (not in the paper), ``sparsity_weight`` * sum over layers of
+    max(0, target - sparsity)^2 is added, where the sparsity is the measured (hard) zero fraction with the
+    gradient of the soft mask; the target rises linearly from ``init_sparsity`` (or 0) to ``sparsity_target`` over
+    ``sparsity_ramp`` steps.
+
+    Recovery: ``freeze_gates`` (not in the paper) holds alpha and the ECA weights where they are (no gradient, no
+    alpha term) while the base fine-tunes around the gates; ``train=`` cannot do it, as it always trains plugins.
     """
 
     targets: list[str] | None = None
     exclude: list[str] = field(default_factory=list)
     estimator: str = "ste"  # ste: hard forward, sigmoid(eps*z) gradient; soft: sigmoid(eps*z) mask in training
     eps: float = 10.0
-    eps_relative: bool = True  # z / mean(x^2) (no gradient) inside the sigmoid: one eps suits every layer
-    energy_relative: bool = False
-    alpha_init: float = 1e-4
-    init_sparsity: float | None = None
+    eps_relative: bool = False  # not in the paper: z / mean(x^2) (no gradient) inside the sigmoid
+    energy_relative: bool = False  # not in the paper: th = omega * alpha * mean(x^2)
+    alpha_init: float = 0.0  # paper: below alpha_t, so the alpha term raises the thresholds
+    init_sparsity: float | None = None  # not in the paper: alpha calibrated on the first batch
     init_scope: str = "channel"
-    alpha_t: float = 1e-4
-    gamma: float = 1e-4
-    sparsity_target: float = 0.0  # 0 = no sparsity penalty (the paper's loss only)
+    alpha_t: float = 1e-4  # paper
+    gamma: float = 1e-4  # paper
+    alpha_reduction: str = "mean"  # paper: mean over a layer's channels; "sum" (not in the paper) sums them
+    sparsity_target: float = 0.0  # 0 = no sparsity penalty (the paper's loss only); > 0 is not in the paper
     sparsity_weight: float = 1.0
     sparsity_ramp: int = 0
     gate_tile: int = 0  # 0: element-wise (paper); T > 0: per channel and T x T tile; -1: per channel (deviations)
+    freeze_gates: bool = False  # not in the paper: alpha and the ECA weights get no gradient (recovery fine-tuning)
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
             raise PluginError(f"ecg: estimator must be one of {ESTIMATORS}, not {self.estimator!r}")
+        if self.alpha_reduction not in ALPHA_REDUCTIONS:
+            raise PluginError(f"ecg: alpha_reduction must be one of {ALPHA_REDUCTIONS}, not {self.alpha_reduction!r}")
         if self.init_scope not in INIT_SCOPES:
             raise PluginError(f"ecg: init_scope must be one of {INIT_SCOPES}, not {self.init_scope!r}")
         if self.init_sparsity is not None and not 0.0 <= float(self.init_sparsity) < 1.0:

@@ -6,7 +6,8 @@ Compression").
     x ──┬─────────────────────────────── x * mask ──> base_layer (the unchanged Conv2d / ConvTranspose2d)
         └─ x^2 ─┬─ GAP ─ Conv1d_k ─ sigmoid = omega        ^
                 │                    th = omega * alpha  (* mean(x^2) if energy_relative) * scale
-                └──────────── z = x^2 - th ── mask = 1[z > 0]   (training: STE or soft sigmoid(eps * z))
+                └──────────── z = x^2 - th ── mask = 1[z > 0]   (training: STE or soft sigmoid(eps * z),
+                                                                 z / mean(x^2) inside it if eps_relative)
 
 The comparison is strict (design.md's 1[x^2 - th > 0]; the issue writes >=): the two differ only where x^2 == th,
 e.g. x = 0 with th = 0, where the output is the same, and the strict form counts zero inputs as zeroed in the
@@ -88,10 +89,15 @@ class EnergyGate(nn.Module):
     def kernel_size(self) -> int:
         return self.eca_weight.shape[-1]
 
+    def _learned(self, weight: torch.Tensor) -> torch.Tensor:
+        """A gate parameter as the forward uses it: detached when ``freeze_gates`` holds the gate fixed."""
+        return weight.detach() if self.config.freeze_gates else weight
+
     def omega(self, energy: torch.Tensor) -> torch.Tensor:
         """sigmoid(Conv1d_k(GAP(x^2))) over the channel axis, (N, C) -> (N, C)."""
         k = self.kernel_size
-        return torch.sigmoid(F.conv1d(energy.unsqueeze(1), self.eca_weight, padding=k // 2).squeeze(1))
+        weight = self._learned(self.eca_weight)
+        return torch.sigmoid(F.conv1d(energy.unsqueeze(1), weight, padding=k // 2).squeeze(1))
 
     def threshold(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(th, energy), both (N, C): th = omega * alpha [* energy] * scale."""
@@ -99,7 +105,7 @@ class EnergyGate(nn.Module):
         return self._threshold_from(energy), energy
 
     def _threshold_from(self, energy: torch.Tensor) -> torch.Tensor:
-        th = self.omega(energy) * self.alpha
+        th = self.omega(energy) * self._learned(self.alpha)
         if self.config.energy_relative:
             th = th * energy
         if self.scale != 1.0:
@@ -193,7 +199,9 @@ class EnergyGate(nn.Module):
         z = self.statistic(x2) - th[..., None, None]
         hard = z > 0
         self.last_tile_mask = None
-        if self.config.eps_relative:  # floored by the layer's mean energy: dead channels get no huge gradients
+        # eps_relative (not in the paper): z / the channel's energy, floored by the layer's mean energy so that
+        # dead channels get no huge gradients; the paper's surrogate is sigmoid(eps * z)
+        if self.config.eps_relative:
             floor = 1e-3 * energy.detach().mean(dim=1, keepdim=True) + TINY
             temperature = torch.maximum(energy.detach(), floor)[..., None, None]
         else:
@@ -238,6 +246,7 @@ class EcgConv(Adapter):
     """A convolution whose input passes an :class:`EnergyGate` first; the convolution is kept as ``base_layer``."""
 
     plugin_name = "ecg"
+    output_is_base_layers = True  # the gate acts on the input only
 
     def __init__(self, base_layer: nn.Conv2d | nn.ConvTranspose2d, config: EcgConfig):
         super().__init__()

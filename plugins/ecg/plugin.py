@@ -22,7 +22,7 @@ import math
 
 import torch
 from torch import nn
-from vrtk_plugins.ecg.config import EcgConfig
+from vrtk_plugins.ecg.config import EcgConfig, upgrade_saved
 from vrtk_plugins.ecg.layer import EcgConv
 
 from vrtk.errors import PluginError
@@ -123,6 +123,9 @@ class EcgInjector(Injector):
     description = "energy-based channel gating before convolutions (Yin et al.): fewer effective MACs"
     config_class = EcgConfig
 
+    def make_config(self, values: dict | None = None) -> EcgConfig:
+        return super().make_config(upgrade_saved(dict(values or {})))
+
     def plan(self, model: nn.Module, config: EcgConfig) -> list[str]:
         if config.targets:
             paths = match_modules(model, config.targets, CONV_TYPES, config.exclude)
@@ -158,18 +161,37 @@ def ecg_modules(model) -> list[tuple[str, EcgConv]]:
 
 @hookimpl
 def vrtk_register_injectors(register):
+    from vrtk_plugins.ecg.slim import SlimEcgInjector  # a slim model's gates (vrtk export --slim)
+
     register(EcgInjector())
+    register(SlimEcgInjector())
+
+
+@hookimpl
+def vrtk_slim(model, images, settings):
+    """``vrtk export --slim``: remove the channels the gates (nearly) always close (plugins/ecg/slim_export.py)."""
+    from vrtk_plugins.ecg.slim_export import slim
+
+    return slim(model, images, settings)
+
+
+def alpha_term(gate) -> torch.Tensor:
+    """gamma * mean_i (alpha_i - alpha_t)^2 over one layer's channels (paper), or the sum with ``alpha_reduction``."""
+    cfg = gate.config
+    if cfg.freeze_gates:  # a held gate: no pull on alpha
+        return gate.alpha.new_zeros(())
+    squares = (gate.alpha - cfg.alpha_t).square()
+    return cfg.gamma * (squares.sum() if cfg.alpha_reduction == "sum" else squares.mean())
 
 
 @hookimpl
 def vrtk_loss_terms(model, step):
-    """``alpha``: gamma * sum_i ||alpha_i - alpha_t||^2 (paper); ``sparsity``: the hinge on the measured sparsity."""
+    """``alpha``: the alpha term summed over gated layers (paper); ``sparsity``: the hinge on the measured
+    sparsity (only with a ``sparsity_target``, not in the paper)."""
     modules = ecg_modules(model)
     if not modules:
         return None
-    terms = {}
-    alpha_term = sum(m.gate.config.gamma * (m.gate.alpha - m.gate.config.alpha_t).square().sum() for _, m in modules)
-    terms["alpha"] = alpha_term
+    terms = {"alpha": sum(alpha_term(m.gate) for _, m in modules)}
     penalties = []
     for _, m in modules:
         cfg, measured = m.gate.config, m.gate.last_sparsity_for_loss

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from vrtk.commands.common import add_model_args, add_rate_args, load_from_args, parse_options
+from vrtk.commands.export import add_backend_arg
 from vrtk.errors import ImageError, VrtkError
 
 
@@ -58,12 +59,16 @@ def cmd_compress(args) -> int:
     for src in args.images:
         if not Path(src).is_file():
             raise ImageError(f"{src}: no such file")
-    coder = Coder(load_from_args(args), parse_options(args.option))
+    coder = Coder(load_from_args(args), parse_options(args.option), backend=args.backend, graphs=args.model)
+    from vrtk.modulation import untrained_rate_warning  # a fresh bm/gain codes every rate to the same file
+
+    if untrained := untrained_rate_warning(coder.wrapped.net):
+        warn(untrained)
     rows = []
     for src, dst in zip(args.images, targets, strict=True):
         image = load_image(src)
         result = coder.compress(image, lmbda=args.lmbda, quality=args.rate_quality, target_bpp=args.target_bpp)
-        write_bytes_atomic(dst, result.data)
+        write_bytes_atomic(dst, result.data, overwrite=args.force)  # exclusive: a racing writer cannot be replaced
         row = {"input": src, "output": str(dst), "width": result.width, "height": result.height,
                "mode": result.mode, "lambda": result.lmbda, "bytes": len(result.data), "bpp": result.bpp,
                "payload_bpp": result.payload_bpp, "notes": result.notes}
@@ -99,10 +104,11 @@ def cmd_decompress(args) -> int:
         data = read_file(src)
         key = json.dumps(parse(data).options, sort_keys=True)
         if key not in coders:
-            coders[key] = Coder(wrapped if not coders else load_from_args(args))
+            coders[key] = Coder(wrapped if not coders else load_from_args(args), backend=args.backend,
+                                graphs=args.model)
         decoded = coders[key].decode(data)
         image = decoded.to_pil()
-        with atomic_path(dst) as tmp:
+        with atomic_path(dst, overwrite=args.force) as tmp:
             image.save(tmp, format=fmt)
         header = decoded.header
         rows.append({"input": src, "output": str(dst), "width": header.width, "height": header.height,
@@ -128,6 +134,7 @@ def _model_option(p) -> None:
     p.add_argument("--model", "-m", default="default",
                    help="a vrtk model folder, `default`, or an architecture name (vrtk models); default: default")
     add_model_args(p, positional=False)
+    add_backend_arg(p)
 
 
 def add_parsers(sub) -> None:

@@ -17,6 +17,14 @@ def add_model_args(parser, positional: bool = True) -> None:
     parser.add_argument("--arch", default=None, help="your own CompressionModel: package.module:Class")
     parser.add_argument("--arch-kwargs", default="{}", help='constructor arguments as JSON, e.g. \'{"N":64,"M":96}\'')
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
+    add_allow_code_arg(parser)
+
+
+def add_allow_code_arg(parser) -> None:
+    """A model folder may name its own class (package.module:Class); importing it runs that package's code."""
+    parser.add_argument("--allow-code", action="store_true",
+                        help="let a model folder import the class it names (package.module:Class); without it "
+                             "folders may only use registered architectures (vrtk models)")
 
 
 def parse_arch_kwargs(text: str) -> dict:
@@ -35,11 +43,12 @@ def model_name(args) -> str:
 
 def load_from_args(args):
     """The model named on the command line, on the chosen device."""
+    from vrtk.device import pick_device
     from vrtk.model import resolve_model
-    from vrtk.train.runner import pick_device
 
     wrapped = resolve_model(model_name(args), quality=args.quality, metric=args.metric, weights=args.weights,
-                            arch_kwargs=parse_arch_kwargs(args.arch_kwargs))
+                            arch_kwargs=parse_arch_kwargs(args.arch_kwargs),
+                            allow_code=getattr(args, "allow_code", False))
     return wrapped.to(pick_device(args.device))
 
 

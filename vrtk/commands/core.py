@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import json
 
-from vrtk.commands.common import add_model_args, model_name, parse_arch_kwargs
+from vrtk.commands.common import add_allow_code_arg, add_model_args, model_name, parse_arch_kwargs
 from vrtk.errors import PluginError
 
 
 def cmd_models(args) -> int:
-    from vrtk.zoo import DEFAULT_MODEL_NAME, default_model_info, list_archs
+    from vrtk.zoo import DEFAULT_BASE_NAME, DEFAULT_MODEL_NAME, default_base_info, list_archs
 
     rows = []
     for spec in list_archs(args.pattern):
         rows.append({"name": spec.name, "qualities": list(spec.qualities), "paper": spec.paper,
                      "pretrained": spec.zoo_key is not None,
                      "sizes": {str(q): spec.sizes[q] for q in spec.qualities}})
-    if not args.pattern or args.pattern in DEFAULT_MODEL_NAME:
+    for name in (DEFAULT_MODEL_NAME, DEFAULT_BASE_NAME):
+        if args.pattern and args.pattern not in name:
+            continue
         try:
-            info = default_model_info()
-            rows.append({"name": DEFAULT_MODEL_NAME, "qualities": [], "paper": f"embedded {info['arch']}",
-                         "pretrained": True, "sizes": {"-": info["arch_kwargs"]}})
-        except Exception:  # the embedded model is optional for this listing
-            pass
+            info = default_base_info()
+        except Exception:  # the embedded models are optional for this listing
+            break
+        what = "variable-rate (bm)" if name == DEFAULT_MODEL_NAME else f"fixed-rate, lambda {info['lambda']:g}"
+        rows.append({"name": name, "qualities": [], "paper": f"embedded {info['arch']}, {what}",
+                     "pretrained": True, "sizes": {"-": info["arch_kwargs"]}})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -33,7 +36,8 @@ def cmd_models(args) -> int:
         q = row["qualities"]
         qualities = f"q{q[0]}..{q[-1]}" if q else "-"
         sizes = ", ".join(f"{k}:{'/'.join(str(v) for v in s.values())}" for k, s in row["sizes"].items())
-        weights = "embedded" if row["name"] == DEFAULT_MODEL_NAME else "zoo" if row["pretrained"] else "no weights"
+        weights = "embedded" if row["name"] in (DEFAULT_MODEL_NAME, DEFAULT_BASE_NAME) \
+            else "zoo" if row["pretrained"] else "no weights"
         print(f"{row['name']:<26} {qualities:<7} {weights:<10} N/M per quality {sizes}")
     return 0
 
@@ -70,13 +74,21 @@ def parse_plugin_settings(items: list[str]) -> dict[str, dict]:
 
 
 def cmd_wrap(args) -> int:
-    from vrtk.flops import dense_kmacs_per_pixel
-    from vrtk.injection import format_param_summary, param_summary
-    from vrtk.model import plan, save_model, trainable_setup, wrap
+    from vrtk.model import extend, load_model, model_folder, plan, wrap
     from vrtk.zoo import BaseSpec
 
     plugins = [p.strip() for p in args.plugins.split(",") if p.strip()] if args.plugins else []
     configs = parse_plugin_settings(args.set)
+    folder = model_folder(model_name(args))
+    if folder is not None:
+        wrapped = load_model(folder, allow_code=args.allow_code)
+        present = [p for p in plugins if p in [u.name for u in wrapped.plugins]]
+        if present:
+            raise PluginError(f"{model_name(args)} already has {', '.join(present)}; leave it out of --plugins "
+                              "(or wrap the plain base `default-base`)")
+        if args.dry_run:
+            raise PluginError("--dry-run plans a wrap of a base architecture; wrap the folder without it")
+        return _report_wrap(args, extend(wrapped, plugins, configs), plugins, wrapped.base)
     spec = BaseSpec(arch=model_name(args), quality=args.quality, metric=args.metric, weights=args.weights,
                     arch_kwargs=parse_arch_kwargs(args.arch_kwargs))
     if args.dry_run:
@@ -90,7 +102,15 @@ def cmd_wrap(args) -> int:
                 for target in targets:
                     print(f"    {target}")
         return 0
-    wrapped = wrap(spec, plugins, configs)
+    return _report_wrap(args, wrap(spec, plugins, configs), plugins, spec)
+
+
+def _report_wrap(args, wrapped, plugins: list[str], spec) -> int:
+    """Print (or save) what a wrap made: its sites, trainable parameters and dense MACs."""
+    from vrtk.flops import dense_kmacs_per_pixel
+    from vrtk.injection import format_param_summary, param_summary
+    from vrtk.model import save_model, trainable_setup
+
     if plugins:
         trainable_setup(wrapped, "plugins")
     summary = param_summary(wrapped.net)
@@ -100,6 +120,7 @@ def cmd_wrap(args) -> int:
              **summary, "dense_kmacs_per_pixel": macs}
     if args.output:
         facts["saved"] = str(save_model(wrapped, args.output))
+    _warn_if_rate_untrained(wrapped)
     if args.json:
         print(json.dumps(facts, indent=2))
         return 0
@@ -115,6 +136,17 @@ def cmd_wrap(args) -> int:
     return 0
 
 
+def _warn_if_rate_untrained(wrapped) -> None:
+    """A fresh bm/gain is the identity: say so, or the user codes every rate to the same file without knowing."""
+    import sys
+
+    from vrtk.modulation import untrained_rate_warning
+
+    message = untrained_rate_warning(wrapped.net)
+    if message:
+        print(f"vrtk: warning: {message}", file=sys.stderr)  # stderr: --json output stays parseable
+
+
 def cmd_convert(args) -> int:
     """Rewrite a model folder (fp16 parameters, a full checkpoint) into a new folder; the input is never touched."""
     from pathlib import Path
@@ -126,7 +158,11 @@ def cmd_convert(args) -> int:
     source, target = Path(args.model_dir), Path(args.output)
     if target.exists() and (target.resolve() == source.resolve() or any(target.iterdir())):
         raise ModelError(f"{target}: exists and is not empty; choose a new folder (the input is never overwritten)")
-    wrapped = load_model(source)
+    wrapped = load_model(source, allow_code=args.allow_code)
+    if args.fold_lambda is not None:
+        from vrtk.fold import folded_model
+
+        wrapped = folded_model(wrapped, args.fold_lambda)
     save_model(wrapped, target, full=True if args.full else None, half=args.half)
     before, after = folder_bytes(source)["bytes"], folder_bytes(target)["bytes"]
     print(f"{source} ({before:,} bytes) -> {target} ({after:,} bytes, {100 * after / before:.1f}%); "
@@ -135,10 +171,12 @@ def cmd_convert(args) -> int:
 
 
 def cmd_export_default(args) -> int:
-    from vrtk.zoo import export_default
+    from vrtk.embedded import export_default
+    from vrtk.eval.storage import folder_bytes
 
-    path = export_default(args.model_dir, args.command_line)
-    print(f"embedded default written: {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    folder, base = export_default(args.model_dir, args.base_lambda, args.command_line)
+    print(f"embedded default written: {folder} ({folder_bytes(folder)['bytes'] / 1e6:.2f} MB); its base folded at "
+          f"lambda {args.base_lambda:g}: {base} ({base.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
@@ -164,12 +202,17 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("convert", help="rewrite a model folder: fp16 parameters (--half), a full checkpoint (--full)")
     p.add_argument("model_dir", help="a vrtk model folder")
     p.add_argument("-o", "--output", required=True, help="a new folder (never the input)")
+    add_allow_code_arg(p)
     p.add_argument("--half", action="store_true", help="learned parameters in fp16 (buffers stay exact)")
     p.add_argument("--full", action="store_true", help="every tensor, not a delta over the base")
+    p.add_argument("--fold-lambda", type=float, default=None, metavar="L",
+                   help="fold the rate modulators in at lambda L: a fixed-rate model of the plain architecture")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("export-default", help="(maintainers) store a trained base as the embedded default model")
-    p.add_argument("model_dir", help="a vrtk model folder made by `vrtk run pretrain`")
-    p.add_argument("--command-line", default="vrtk run pretrain profile=cpu",
-                   help="the command that trained it, recorded with the weights")
+    p = sub.add_parser("export-default", help="(maintainers) store a variable-rate model as the embedded `default` "
+                                              "and its folded base as `default-base`")
+    p.add_argument("model_dir", help="a variable-rate vrtk model folder (e.g. made by `vrtk run bm-finetune`)")
+    p.add_argument("--base-lambda", type=float, default=0.0035,
+                   help="the rate `default-base` is folded at (default 0.0035, CompressAI's quality 2)")
+    p.add_argument("--command-line", required=True, help="the command that trained it, recorded with the weights")
     p.set_defaults(func=cmd_export_default)

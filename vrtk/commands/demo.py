@@ -1,44 +1,50 @@
-"""``vrtk demo``: the main job on the embedded default model, offline, in well under a minute.
+"""``vrtk demo``: the main job on the embedded variable-rate model, offline, in well under a minute.
 
-It codes one image to a real .vrtk file and back (bpp from the file, PSNR against the original), compares JPEG at
-the same size, and shows what ``vrtk wrap default --plugins ecg,bm`` would add. The image is a crop of Kodak's
-kodim23 (Eastman Kodak, released for unrestricted use) unless ``--image`` names another.
+It codes one image at three rates and at a target bpp to real .vrtk files and back (bpp from the file, PSNR
+against the original), puts JPEG and WebP (Pillow) at the same file sizes beside each, and shows what
+``vrtk wrap default --plugins ecg`` would add. The image is a crop of Kodak's kodim23 (Eastman Kodak, released
+for unrestricted use) unless ``--image`` names another.
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from vrtk.errors import VrtkError
 
 DEMO_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "demo.png"
+DEMO_TARGET_BPP = 0.3
 
 
-def jpeg_at_size(tensor, max_bytes: int) -> tuple[int, float]:
-    """The best Pillow JPEG (quality 1..95) no larger than ``max_bytes``: (bytes, PSNR)."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
+def classical_at_size(tensor, codec: str, max_bytes: int) -> tuple[int, float]:
+    """The best Pillow ``codec`` file (quality 1..95) no larger than ``max_bytes``: (bytes, PSNR); (0, nan) if
+    even quality 1 is larger."""
     from vrtk.codec import psnr
+    from vrtk.eval.classical import decode, encode
     from vrtk.images import to_pil
 
     original = to_pil(tensor)
     best = None
     lo, hi = 1, 95
-    while lo <= hi:
+    while lo <= hi:  # file size grows with quality, so bisect
         mid = (lo + hi) // 2
-        buf = io.BytesIO()
-        original.save(buf, "JPEG", quality=mid)
-        if buf.tell() <= max_bytes:
-            best, lo = buf.getvalue(), mid + 1
+        data = encode(original, codec, mid)
+        if len(data) <= max_bytes:
+            best, lo = data, mid + 1
         else:
             hi = mid - 1
     if best is None:
         return 0, float("nan")
-    decoded = np.asarray(Image.open(io.BytesIO(best)).convert("RGB"), dtype=np.float32) / 255
-    return len(best), psnr(torch.from_numpy(decoded).permute(2, 0, 1), tensor)
+    return len(best), psnr(decode(best), tensor)
+
+
+def _anchor_text(tensor, size: int, pixels: int) -> str:
+    parts = []
+    for codec, label in (("jpeg", "JPEG"), ("webp", "WebP")):
+        nbytes, quality = classical_at_size(tensor, codec, size)
+        parts.append(f"{label} {nbytes * 8 / pixels:.3f} bpp {quality:5.2f} dB" if nbytes
+                     else f"{label}: none that small")
+    return " | ".join(parts)
 
 
 def cmd_demo(args) -> int:
@@ -47,38 +53,40 @@ def cmd_demo(args) -> int:
     from vrtk.fileio import write_bytes_atomic, write_with_atomic
     from vrtk.images import load_image
     from vrtk.injection import format_param_summary, param_summary
-    from vrtk.model import trainable_setup, wrap
-    from vrtk.zoo import BaseSpec, default_model_info
+    from vrtk.model import extend, resolve_model, trainable_setup
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise VrtkError(f"{out} exists and is not empty; pass --force or another --out")
-    info = default_model_info()
-    print(f"embedded default: {info['arch']} {info['arch_kwargs']}, lambda {info['lambda']}, made by "
-          f"`{info['made_by']}`")
-    image = load_image(args.image)
     coder = Coder("default")
-    result = coder.compress(image)
-    write_bytes_atomic(out / "demo.vrtk", result.data)
-    decoded = coder.decode(result.data)
-    write_with_atomic(out / "demo-decoded.png", lambda tmp: decoded.to_pil().save(tmp, "PNG"))
-    quality = psnr(decoded.tensor, image.tensor)
+    wrapped = coder.wrapped
+    lo, hi = min(wrapped.lambdas), max(wrapped.lambdas)
+    plugins = ", ".join(p.name for p in wrapped.plugins)
+    print(f"embedded default: {wrapped.base.arch} {wrapped.base.arch_kwargs} + {plugins}, one model for lambda "
+          f"{lo:g}..{hi:g}, made by `{wrapped.extra.get('made_by', '?')}`")
+    image = load_image(args.image)
     width, height = image.size
-    print(f"{args.image} ({width}x{height}) -> {out / 'demo.vrtk'}: {len(result.data)} bytes, "
-          f"{result.bpp:.3f} bpp, PSNR {quality:.2f} dB -> {out / 'demo-decoded.png'}")
-    jpeg_bytes, jpeg_psnr = jpeg_at_size(image.tensor, len(result.data))
-    if jpeg_bytes:
-        print(f"JPEG (Pillow) at no more bytes: {jpeg_bytes} bytes, {jpeg_bytes * 8 / (width * height):.3f} bpp, "
-              f"PSNR {jpeg_psnr:.2f} dB")
-    else:
-        print(f"JPEG (Pillow) cannot make a file of {len(result.data)} bytes or fewer from this image")
-    wrapped = wrap(BaseSpec("default"), ["ecg", "bm"])
-    trainable_setup(wrapped, "plugins")
-    print(f"vrtk wrap default --plugins ecg,bm would add {len(wrapped.sites)} modules:")
-    for site in wrapped.sites:
-        print(f"    {site.path:<12} {site.plugin:<4} {site.kind:<14} {site.added_params:,} params")
-    print("    " + format_param_summary(param_summary(wrapped.net)))
-    print("next: vrtk run bm-finetune profile=cpu, then vrtk eval runs/bm-finetune-cpu/model --data DIR")
+    pixels = width * height
+    print(f"{args.image} ({width}x{height}); vrtk files in {out}, JPEG/WebP (Pillow) at no more bytes:")
+    runs = [(f"lambda {lam:.4g}", f"lambda-{lam:.4g}", {"lmbda": lam}) for lam in (lo, (lo * hi) ** 0.5, hi)]
+    runs.append((f"target {DEMO_TARGET_BPP} bpp", "target", {"target_bpp": DEMO_TARGET_BPP}))
+    for label, stem, rate in runs:
+        result = coder.compress(image, **rate)
+        write_bytes_atomic(out / f"{stem}.vrtk", result.data)
+        decoded = coder.decode(result.data)
+        write_with_atomic(out / f"{stem}.png", lambda tmp, d=decoded: d.to_pil().save(tmp, "PNG"))
+        print(f"  {label:<17} vrtk {result.bpp:.3f} bpp {psnr(decoded.tensor, image.tensor):5.2f} dB | "
+              f"{_anchor_text(image.tensor, len(result.data), pixels)}")
+    gated = resolve_model("default")  # a copy: the coder's model stays as it is
+    before = len(gated.sites)
+    extend(gated, ["ecg"])
+    trainable_setup(gated, "plugins")
+    added = gated.sites[before:]
+    print(f"vrtk wrap default --plugins ecg would add {len(added)} gates:")
+    for site in added:
+        print(f"    {site.path:<14} {site.plugin:<4} {site.kind:<14} {site.added_params:,} params")
+    print("    " + format_param_summary(param_summary(gated.net)))
+    print("next: vrtk eval default --data DIR --n-points 16, or vrtk run ecg-finetune profile=cpu")
     return 0
 
 

@@ -6,6 +6,7 @@ import shlex
 import sys
 
 from vrtk.commands.common import add_model_args, parse_options
+from vrtk.commands.export import add_backend_arg
 from vrtk.errors import VrtkError
 
 
@@ -82,13 +83,15 @@ def cmd_eval(args) -> int:
 
 def _run_eval(args) -> int:
     from vrtk.eval.evaluate import dataset_meta, load_eval_images
+    from vrtk.eval.measure import parse_metrics
     from vrtk.eval.results import write_results
     from vrtk.fileio import write_json_atomic
 
+    command = command_line(args.parser, args)  # before args.metrics becomes a tuple: the command as typed
+    args.metrics = parse_metrics(args.metrics)
     images = load_eval_images(args.data, args.limit)
-    command = command_line(args.parser, args)
     skipped = dataset_meta(args.data, images)["ms_ssim_skipped"]
-    if skipped:
+    if skipped and "ms-ssim" in args.metrics:
         print(f"note: MS-SSIM left out for {len(skipped)} of {len(images)} image(s) smaller than 161 px on a side",
               file=sys.stderr)
     if args.codec:
@@ -124,12 +127,12 @@ def _eval_classical(args, images, command):
         raise VrtkError("--lambda/--lambdas/--option apply to models, not to --codec")
     qualities = [int(q) for q in parse_floats(args.qualities, "--qualities")] if args.qualities else DEFAULT_QUALITIES
     points, records, memory_kind = evaluate_classical(codec, images, qualities, args.repeats,
-                                                      progress=not args.no_progress)
+                                                      progress=not args.no_progress, metrics=args.metrics)
     name = args.name or codec.upper()
     meta = {"kind": "classical", "variable_rate": False, "codec": codec, "group": args.group or name,
             "library": f"Pillow {pillow_version()}", "command": command,
             "dataset": dataset_meta(args.data, images), "environment": environment_meta("cpu", args.repeats),
-            "memory": memory_kind}
+            "memory": memory_kind, "metrics": list(args.metrics)}
     description = args.description or f"{codec.upper()} (Pillow {pillow_version()}), quality sweep, vrtk eval"
     return results_document(name, description, points, {"quality": qualities}, meta), records, "quality", qualities
 
@@ -146,13 +149,17 @@ def _eval_model(args, images, command):
         results_document,
     )
     from vrtk.eval.storage import model_storage
-    from vrtk.model import is_model_dir
+    from vrtk.model import model_folder
+    from vrtk.modulation import untrained_rate_warning
     from vrtk.options import apply_options
     from vrtk.plugin_manager import get_registry
 
     if args.qualities:
         raise VrtkError("--qualities applies to --codec, not to models (use --lambda/--lambdas/--n-points)")
     wrapped = load_from_args(args)
+    untrained = untrained_rate_warning(wrapped.net)
+    if untrained:  # a sweep of such a model is one point repeated
+        print(f"vrtk: warning: {untrained}", file=sys.stderr)
     registry = get_registry()
     lambdas = rate_points(wrapped, args.lmbda, parse_floats(args.lambdas, "--lambdas") if args.lambdas else None,
                           args.n_points)
@@ -160,22 +167,28 @@ def _eval_model(args, images, command):
     options = parse_options(args.option)
     apply_options(wrapped.net, options, registry)
     device = next(wrapped.net.parameters()).device
+    codec = None
+    if args.backend != "torch":  # the transforms on another backend; MACs are still counted on torch
+        from vrtk.export.view import codec_view
+
+        codec = codec_view(wrapped, args.backend, args.model, options)
     points, records, memory_kind = evaluate_model(wrapped, images, lambdas, args.repeats, device,
                                                   macs=not args.no_macs, registry=registry,
-                                                  progress=not args.no_progress)
+                                                  progress=not args.no_progress, metrics=args.metrics, codec=codec)
     source = args.model or args.arch
     name = args.name or default_model_name(source, options, args.quality)
-    storage = model_storage(wrapped, source if is_model_dir(source) else None)
+    storage = model_storage(wrapped, model_folder(source) if source else None)
     model = {"source": source, "arch": wrapped.base.arch, "quality": wrapped.base.quality,
              "metric": wrapped.metric, "weights": wrapped.base.weights, "arch_kwargs": wrapped.base.arch_kwargs,
              "plugins": [{"name": p.name, "version": p.version} for p in wrapped.plugins],
              "trained_lambdas": list(wrapped.lambdas), "fingerprint": fingerprint}
     meta = {"kind": "model", "variable_rate": wrapped.variable_rate,
             "group": args.group or args.name or (name if wrapped.variable_rate else default_group(wrapped, options)),
-            "model": model, "options": options, "params": {"all": storage["params"],
+            "model": model, "options": options, "backend": args.backend, "params": {"all": storage["params"],
                                                            "plugin": storage["plugin_params"]},
             "storage": storage, "command": command, "dataset": dataset_meta(args.data, images),
             "environment": environment_meta(device, args.repeats), "memory": memory_kind,
+            "metrics": list(args.metrics),
             "units": {"kmacs": "thousand multiply-accumulates per pixel of the padded input (1 MAC = 2 FLOPs)",
                       "time": "seconds per image, median of repeats, mean over images",
                       "mps": "megapixels per second over all images"}}
@@ -192,12 +205,21 @@ def cmd_report(args) -> int:
                            reference_match=args.reference_match, flops_baseline=args.flops_baseline,
                            title=args.title, command=command_line(args.parser, args))
     print(f"report: {args.output}/report.md ({', '.join(summary['figures']) or 'no figures'})")
-    print(f"BD against {summary['anchor']} (PCHIP, overlapping range):")
+    print(f"BD against {summary['anchor']} (PCHIP, overlapping range; † = overlap below "
+          f"{100 * summary['bd_summary']['min_overlap']:.0f} % of the joint range, unreliable):")
     for row in summary["bd"]:
-        rate = "–" if row["bd_rate_psnr"] is None else f"{row['bd_rate_psnr']:+.2f} %"
-        gain = "–" if row["bd_psnr"] is None else f"{row['bd_psnr']:+.3f} dB"
-        print(f"  {row['curve']:<48} BD-rate {rate:>10}  BD-PSNR {gain:>11}")
+        rate = _bd_cell(row["bd_rate_psnr"], row["reliable_bd_rate_psnr"], "+.2f", " %")
+        gain = _bd_cell(row["bd_psnr"], row["reliable_bd_psnr"], "+.3f", " dB")
+        print(f"  {row['curve']:<48} BD-rate {rate:>12}  BD-PSNR {gain:>13}  "
+              f"overlap {100 * row['overlap_psnr']:3.0f} % / rate {100 * row['overlap_rate']:3.0f} %")
     return 0
+
+
+def _bd_cell(value, reliable: bool, spec: str, suffix: str) -> str:
+    """A BD number for the terminal, marked † like in report.md when its overlap is too small to quote."""
+    if value is None:
+        return "–"
+    return f"{value:{spec}}{suffix}" + ("" if reliable else " †")
 
 
 def add_parsers(sub) -> None:
@@ -220,7 +242,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per image; the median is kept")
     p.add_argument("--no-macs", action="store_true", help="skip counting MACs (then one warm-up per rate)")
+    p.add_argument("--metrics", default=None, metavar="psnr[,ms-ssim]",
+                   help="quality metrics to measure (default: psnr,ms-ssim); `psnr` skips MS-SSIM, the slow one")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the timings")
+    add_backend_arg(p)
     p.add_argument("--name", default=None, help="curve name (default: from the model or codec)")
     p.add_argument("--group", default=None,
                    help="curve that one-point results of fixed-rate models join (default: --name, else "

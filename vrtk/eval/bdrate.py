@@ -3,6 +3,16 @@
 PCHIP needs strictly increasing abscissae, and undertrained or sparse models sometimes give a point that is
 worse than a cheaper one; such points are left out (and counted) rather than letting the interpolation fold.
 Results are None with a reason when the curves cannot be compared (too few points, no overlap).
+
+Reliability: BD-rate averages the log-rate gap over the quality interval both curves cover, BD-PSNR the quality
+gap over the shared log-rate interval. When that interval is a sliver of the joint range (a CPU-trained model
+spanning 27-30 dB against WebP spanning 28-42 dB shares 9 % of it) the number describes one end of one curve and
+says little about the codecs, so a result whose overlap is below :data:`MIN_OVERLAP` of the joint range is
+flagged unreliable: reports show it, marked, and leave it out of their summary. Half the joint range is our
+choice: the bjontegaard package warns below 75 %, which would flag any comparison of a narrow curve with a wide
+one; below half, most of at least one curve lies outside the comparison. A BD-rate cannot be moved onto the rate
+axis without extrapolating one curve (the rate gap at a given quality exists only where both curves reach that
+quality); the comparison over the shared rate range is BD-PSNR, flagged by its own (rate) overlap.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 METHOD = "pchip"
+MIN_OVERLAP = 0.5  # share of the joint range below which a BD number is flagged unreliable (see above)
 
 
 @dataclass
@@ -24,6 +35,18 @@ class BDResult:
     overlap_rate: float  # fraction of the joint log-rate range both curves cover (BD-PSNR integrates there)
     dropped: int  # non-monotone points left out (both curves)
     note: str = ""
+    quality_interval: tuple[float, float] | None = None  # where BD-rate integrates (quality units)
+    rate_interval: tuple[float, float] | None = None  # where BD-quality integrates (bpp)
+
+    @property
+    def rate_reliable(self) -> bool:
+        """BD-rate exists and integrates over at least MIN_OVERLAP of the joint quality range."""
+        return self.bd_rate is not None and bool(self.overlap_quality >= MIN_OVERLAP)
+
+    @property
+    def quality_reliable(self) -> bool:
+        """BD-quality exists and integrates over at least MIN_OVERLAP of the joint log-rate range."""
+        return self.bd_quality is not None and bool(self.overlap_rate >= MIN_OVERLAP)
 
 
 def monotone_points(rate, quality) -> tuple[np.ndarray, np.ndarray, int]:
@@ -41,9 +64,15 @@ def monotone_points(rate, quality) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of the joint range [min, max] of both that both cover (what the bjontegaard package integrates over)."""
     lo, hi = max(a.min(), b.min()), min(a.max(), b.max())
     total = max(a.max(), b.max()) - min(a.min(), b.min())
     return max(hi - lo, 0.0) / total if total > 0 else 1.0
+
+
+def shared_interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | None:
+    lo, hi = max(a.min(), b.min()), min(a.max(), b.max())
+    return (float(lo), float(hi)) if hi > lo else None
 
 
 def bd(rate_anchor, quality_anchor, rate_test, quality_test) -> BDResult:
@@ -55,8 +84,8 @@ def bd(rate_anchor, quality_anchor, rate_test, quality_test) -> BDResult:
     dropped = da + dt
     if len(ra) < 2 or len(rt) < 2:
         return BDResult(None, None, 0.0, 0.0, dropped, "needs at least 2 increasing points on each curve")
-    ov_q = overlap(qa, qt)
-    ov_r = overlap(np.log10(ra), np.log10(rt))
+    ov_q = float(overlap(qa, qt))
+    ov_r = float(overlap(np.log10(ra), np.log10(rt)))
     rate = quality = None
     notes = []
     with warnings.catch_warnings():
@@ -71,7 +100,8 @@ def bd(rate_anchor, quality_anchor, rate_test, quality_test) -> BDResult:
                                                 min_overlap=0))
         else:
             notes.append("no overlap in rate")
-    return BDResult(rate, quality, ov_q, ov_r, dropped, "; ".join(notes))
+    return BDResult(rate, quality, ov_q, ov_r, dropped, "; ".join(notes), shared_interval(qa, qt),
+                    shared_interval(ra, rt))
 
 
 def msssim_db(values) -> list[float | None]:

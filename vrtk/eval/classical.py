@@ -1,8 +1,8 @@
 """JPEG and WebP through Pillow on the same images: the anchors every learned codec is compared with.
 
 Same measurements as the model sweep: bytes of the encoded file (headers included, as CompressAI's Pillow
-codec counts them), bpp of the original size, PSNR / MS-SSIM of the decoded 8-bit image, median encode and
-decode time of ``repeats`` runs after a warm-up.
+codec counts them), bpp of the original size, PSNR / MS-SSIM of the decoded 8-bit image (once per decoded image,
+:func:`vrtk.eval.measure.quality`), median encode and decode time of ``repeats`` runs after a warm-up.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from vrtk.errors import VrtkError
 from vrtk.eval.evaluate import EvalImage, aggregate, progress_bar
-from vrtk.eval.measure import PeakMemory, quality, timed
+from vrtk.eval.measure import METRICS, PeakMemory, quality, timed
 from vrtk.images import to_pil
 
 CODECS = {"jpeg": "JPEG", "webp": "WEBP"}
@@ -47,8 +47,11 @@ def decode(data: bytes) -> torch.Tensor:
 
 
 def evaluate_classical(codec: str, images: list[EvalImage], qualities: list[int], repeats: int = 1,
-                       progress: bool = False):
-    """Sweep Pillow's quality over ``images``; returns (points, per-image records, memory kind)."""
+                       progress: bool = False, metrics=METRICS, measure=quality):
+    """Sweep Pillow's quality over ``images``; returns (points, per-image records, memory kind).
+
+    ``measure(original, decoded, metrics) -> (psnr, ms_ssim)`` is replaceable so that benchmarks/eval_speed.py can
+    time another quality implementation on the very same sweep."""
     codec = check_codec(codec)
     for q in qualities:
         if not 0 <= int(q) <= 100:
@@ -65,7 +68,7 @@ def evaluate_classical(codec: str, images: list[EvalImage], qualities: list[int]
                 decode(encode(img, codec, q))  # warm-up
                 enc_time, data = timed(lambda img=img, q=q: encode(img, codec, q), repeats)
                 dec_time, decoded = timed(lambda d=data: decode(d), repeats)
-                value, msssim = quality(image.tensor[None], decoded[None])
+                value, msssim = measure(image.tensor[None], decoded[None], metrics)
                 records.append({"image": image.name, "width": image.tensor.shape[-1],
                                 "height": image.tensor.shape[-2], "quality": int(q), "bytes": len(data),
                                 "bpp": len(data) * 8 / image.pixels, "psnr": value, "ms_ssim": msssim,

@@ -19,7 +19,7 @@ import torch
 
 from vrtk.codec import pad, unpad
 from vrtk.errors import RateError
-from vrtk.eval.measure import MS_SSIM_MIN_SIDE, PeakMemory, quality, timed
+from vrtk.eval.measure import METRICS, MS_SSIM_MIN_SIDE, PeakMemory, quality, timed
 from vrtk.eval.results import KMAC_KEYS, RESULTS_FORMAT, RESULTS_VERSION
 from vrtk.images import list_images, load_image
 from vrtk.rate import check_lambda, log_spaced, use_rate
@@ -124,13 +124,17 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 @torch.no_grad()
 def evaluate_model(wrapped, images: list[EvalImage], lambdas: list[float | None], repeats: int = 1,
-                   device="cpu", macs: bool = True, registry=None, progress: bool = False):
-    """Sweep ``lambdas`` over ``images``; returns (points, per-image records, memory kind)."""
+                   device="cpu", macs: bool = True, registry=None, progress: bool = False, metrics=METRICS,
+                   codec=None):
+    """Sweep ``lambdas`` over ``images``; returns (points, per-image records, memory kind). ``codec``: what
+    compresses and decompresses (a vrtk.export.view.CodecView, e.g. on onnxruntime); default the model itself.
+    MACs are always counted on the torch model."""
     from vrtk.flops import measure_codec_macs
     from vrtk.plugin_manager import get_registry
 
     registry = registry or get_registry()
     net = wrapped.net.eval()
+    coder = codec if codec is not None else net
     memory = PeakMemory(device)
     points, per_image = [], []
     bar = progress_bar(len(lambdas) * len(images), "eval", progress)
@@ -148,13 +152,14 @@ def evaluate_model(wrapped, images: list[EvalImage], lambdas: list[float | None]
                         record["kmacs"] = counted.kmacs_per_pixel()
                         record["layer_kmacs"] = counted.layer_kmacs_per_pixel()
                     elif index == 0:  # warm-up
-                        warm = net.compress(xp)
-                        net.decompress(warm["strings"], warm["shape"])
-                    enc_time, coded = timed(lambda xp=xp: net.compress(xp), repeats, device)
-                    dec_time, out = timed(lambda c=coded: net.decompress(c["strings"], c["shape"]), repeats, device)
+                        warm = coder.compress(xp)
+                        coder.decompress(warm["strings"], warm["shape"])
+                    enc_time, coded = timed(lambda xp=xp: coder.compress(xp), repeats, device)
+                    dec_time, out = timed(lambda c=coded: coder.decompress(c["strings"], c["shape"]), repeats,
+                                          device)
                     x_hat = unpad(out["x_hat"], unpadding)
                     nbytes = count_bytes(coded["strings"])
-                    value, msssim = quality(x, x_hat)
+                    value, msssim = quality(x, x_hat, metrics)
                     record.update(bytes=nbytes, bpp=nbytes * 8 / image.pixels, psnr=value, ms_ssim=msssim,
                                   encoding_time=enc_time, decoding_time=dec_time)
                     sparsity = layer_sparsity(net, registry)

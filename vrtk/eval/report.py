@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vrtk.errors import VrtkError
 from vrtk.eval import storage as storage_mod
-from vrtk.eval.bdrate import bd, msssim_db, quality_at_rate
+from vrtk.eval.bdrate import MIN_OVERLAP, bd, msssim_db, quality_at_rate
 from vrtk.eval.results import KMAC_KEYS, Curve, build_curves, load_results
 from vrtk.fileio import write_json_atomic, write_text_atomic, write_with_atomic
 
@@ -85,13 +85,45 @@ def default_anchor(curves: list[Curve]) -> Curve:
 
 # -- plots -------------------------------------------------------------------------------------------------
 
-STYLE = {
-    "variable": {"linestyle": "-", "linewidth": 2.0, "marker": ".", "markersize": 4},
-    "fixed": {"linestyle": "-", "linewidth": 0.9, "marker": "o", "markersize": 6},
-    "classical": {"linestyle": "--", "linewidth": 1.4, "marker": "s", "markersize": 3},
-    "reference": {"linestyle": ":", "linewidth": 1.3, "marker": "x", "markersize": 4, "alpha": 0.8},
-    "external": {"linestyle": "-", "linewidth": 1.2, "marker": "^", "markersize": 4},
-}
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")  # matplotlib's tab10
+KIND_LINESTYLE = {"variable": "-", "external": "-", "fixed": "-.", "classical": "--", "reference": ":"}
+EXTRA_LINESTYLES = ((0, (5, 1, 1, 1)), (0, (1, 1)), (0, (8, 3)), (0, (3, 1, 1, 1, 1, 1)), (0, (12, 2, 2, 2)))
+KIND_LINE = {"variable": {"linewidth": 2.0, "marker": ".", "markersize": 4},
+             "fixed": {"linewidth": 1.2, "marker": "o", "markersize": 4},
+             "classical": {"linewidth": 1.4, "marker": "s", "markersize": 2.5},
+             "reference": {"linewidth": 1.3, "marker": "x", "markersize": 3.5, "alpha": 0.85},
+             "external": {"linewidth": 1.2, "marker": "^", "markersize": 3.5}}
+POINT_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p")
+OURS = ("variable", "fixed", "external")  # curves measured here from models (not anchors, not published)
+
+
+def curve_styles(curves: list[Curve]) -> list[dict]:
+    """Matplotlib style per curve: a curve of several points is a line whose (colour, linestyle) pair no other
+    line has (the kind picks the first linestyle tried: solid variable-rate, dash-dot fixed-rate, dashed
+    classical, dotted published); a one-point result is a marker without a line whose (colour, marker) pair no
+    other point has."""
+    styles: list[dict] = []
+    used: set[tuple[str, str]] = set()
+    lines = points = 0
+    for curve in curves:
+        kind = curve.kind if curve.kind in KIND_LINE else "external"
+        if len(curve) == 1:
+            styles.append({"color": PALETTE[points % len(PALETTE)], "linestyle": "none", "markersize": 7,
+                           "marker": POINT_MARKERS[points % len(POINT_MARKERS)], "markeredgecolor": "black",
+                           "markeredgewidth": 0.5})
+            points += 1
+            continue
+        color = PALETTE[lines % len(PALETTE)]
+        same_kind = sum(1 for c in curves[:len(styles)] if len(c) > 1 and c.kind == curve.kind)
+        width = KIND_LINE[kind]["linewidth"] * max(0.6, 1.35 - 0.15 * same_kind)  # identical curves stay visible
+        candidates = [KIND_LINESTYLE[kind], *EXTRA_LINESTYLES]
+        candidates += [(0, (2 + n, 1 + n % 3)) for n in range(lines)]  # never runs out
+        linestyle = next(ls for ls in candidates if (color, str(ls)) not in used)
+        used.add((color, str(linestyle)))
+        styles.append({**KIND_LINE[kind], "color": color, "linestyle": linestyle, "linewidth": width})
+        lines += 1
+    return styles
 
 
 def _pyplot():
@@ -107,33 +139,70 @@ def _save(fig, path: Path) -> None:
     write_with_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
 
 
+def rd_points(curve: Curve, metric: str) -> list[tuple[float, float]]:
+    ys = curve.psnr if metric == "psnr" else msssim_db(curve.msssim)
+    return [(x, y) for x, y in zip(curve.bpp, ys, strict=True) if y is not None and math.isfinite(y)]
+
+
+def zoom_box(curves: list[Curve], metric: str) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """Axis limits around our own models' points, when they sit in a small corner of the full plot (anchors and
+    published curves span far more) or when one-point results need room; None when one panel shows it all."""
+    ours = [p for c in curves if c.kind in OURS for p in rd_points(c, metric)]
+    every = [p for c in curves for p in rd_points(c, metric)]
+    if len(ours) < 2:
+        return None
+    (x0, x1), (y0, y1) = [(min(v), max(v)) for v in zip(*ours, strict=True)]
+    (fx0, fx1), (fy0, fy1) = [(min(v), max(v)) for v in zip(*every, strict=True)]
+    singles = any(len(c) == 1 and c.kind in OURS for c in curves)
+    small = (x1 - x0) < 0.6 * (fx1 - fx0) or (y1 - y0) < 0.6 * (fy1 - fy0)
+    if not (singles or small) or x1 == x0 or y1 == y0:
+        return None
+    dx, dy = 0.08 * (x1 - x0), 0.08 * (y1 - y0)
+    return (x0 - dx, x1 + dx), (y0 - dy, y1 + dy)
+
+
 def plot_rd(curves: list[Curve], metric: str, path: Path, title: str) -> bool:
-    """bpp vs PSNR or vs MS-SSIM (dB); returns False when no curve has the metric."""
+    """bpp vs PSNR or vs MS-SSIM (dB); returns False when no curve has the metric.
+
+    All curves on the left; when our models crowd one corner (or one-point results need room), the right panel
+    zooms onto them. Legends go below the plots: the curves, and beside them the one-point results (markers
+    only)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5.2))
-    drawn = 0
-    for index, curve in enumerate(curves):
-        ys = curve.psnr if metric == "psnr" else msssim_db(curve.msssim)
-        pts = [(x, y) for x, y in zip(curve.bpp, ys, strict=True) if y is not None and math.isfinite(y)]
-        if not pts:
-            continue
-        kind = curve.kind if curve.kind in STYLE else "external"
-        style = dict(STYLE[kind])
-        if kind == "variable" and len(pts) == 1:
-            style["marker"], style["markersize"] = "D", 6
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=f"C{index % 10}", label=curve.label, **style)
-        drawn += 1
+    drawn = [(c, s) for c, s in zip(curves, curve_styles(curves), strict=True) if rd_points(c, metric)]
     if not drawn:
-        plt.close(fig)
         return False
-    ax.set_xlabel("bits per pixel (real bitstreams)")
-    ax.set_ylabel("PSNR RGB (dB)" if metric == "psnr" else "MS-SSIM RGB (dB, -10 log10(1 - MS-SSIM))")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    if drawn > 8:  # many published curves: keep the plot readable, legend beside it
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    else:
-        ax.legend(fontsize=8, loc="lower right")
+    box = zoom_box([c for c, _ in drawn], metric)
+    groups = [[c.label for c, _ in drawn if len(c) > 1], [c.label for c, _ in drawn if len(c) == 1]]
+    if box is None:  # one panel: one legend
+        groups = [groups[0] + groups[1], []]
+    columns = 2 if box else 1
+    rows = max(math.ceil(len(g) / 2) for g in groups)
+    legend_height = 0.5 + 0.2 * rows
+    fig = plt.figure(figsize=(13.5 if box else 8, 5.4 + legend_height))
+    grid = fig.add_gridspec(2, columns, height_ratios=[5.4, legend_height])
+    axes = [fig.add_subplot(grid[0, i]) for i in range(columns)]
+    for ax in axes:
+        for curve, style in drawn:
+            pts = rd_points(curve, metric)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=curve.label, **style)
+        ax.set_xlabel("bits per pixel (real bitstreams)")
+        ax.set_ylabel("PSNR RGB (dB)" if metric == "psnr" else "MS-SSIM RGB (dB, -10 log10(1 - MS-SSIM))")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_title(title if box is None else f"{title}: all curves")
+    if box:
+        axes[1].set_xlim(*box[0])
+        axes[1].set_ylim(*box[1])
+        axes[1].set_title("zoom: the models measured here")
+    handles = {label: handle for handle, label in zip(*axes[0].get_legend_handles_labels(), strict=True)}
+    legend_ax = fig.add_subplot(grid[1, :])
+    legend_ax.axis("off")
+    for labels, where, heading in ((groups[0], "upper left", "curves"),
+                                   (groups[1], "upper right", "one-point results")):
+        if labels:
+            legend = legend_ax.legend([handles[n] for n in labels], labels, loc=where, ncol=2, fontsize=8,
+                                      title=heading if box else None, title_fontsize=8, frameon=False)
+            legend_ax.add_artist(legend)
+    fig.tight_layout()
     _save(fig, path)
     plt.close(fig)
     return True
@@ -186,6 +255,7 @@ def plot_sparsity(curves: list[Curve], path: Path) -> bool:
 # -- tables ------------------------------------------------------------------------------------------------
 
 def bd_table(curves: list[Curve], anchor: Curve) -> list[dict]:
+    """BD numbers of every curve against the anchor, each with its overlap and whether it is reliable."""
     rows = []
     for curve in curves:
         psnr = bd(anchor.bpp, anchor.psnr, curve.bpp, curve.psnr)
@@ -193,9 +263,30 @@ def bd_table(curves: list[Curve], anchor: Curve) -> list[dict]:
         rows.append({"curve": curve.label, "kind": curve.kind, "points": len(curve),
                      "bd_rate_psnr": psnr.bd_rate, "bd_psnr": psnr.bd_quality,
                      "bd_rate_msssim": ms.bd_rate, "bd_msssim_db": ms.bd_quality,
-                     "overlap_psnr": psnr.overlap_quality, "dropped_points": psnr.dropped,
-                     "note": psnr.note})
+                     "overlap_psnr": psnr.overlap_quality, "overlap_rate": psnr.overlap_rate,
+                     "overlap_msssim": ms.overlap_quality,
+                     "psnr_interval": psnr.quality_interval, "bpp_interval": psnr.rate_interval,
+                     "reliable_bd_rate_psnr": psnr.rate_reliable, "reliable_bd_psnr": psnr.quality_reliable,
+                     "reliable_bd_rate_msssim": ms.rate_reliable, "reliable_bd_msssim_db": ms.quality_reliable,
+                     "dropped_points": psnr.dropped, "note": psnr.note})
     return rows
+
+
+def bd_summary(rows: list[dict], anchor: str) -> dict:
+    """The BD-rates a summary may quote (overlap of at least MIN_OVERLAP) and those it must not, with why."""
+    reliable, unreliable = [], []
+    for row in rows:
+        if row["curve"] == anchor or row["bd_rate_psnr"] is None:
+            continue
+        entry = {"curve": row["curve"], "bd_rate_psnr": row["bd_rate_psnr"], "overlap_psnr": row["overlap_psnr"],
+                 "psnr_interval": row["psnr_interval"]}
+        if row["reliable_bd_rate_psnr"]:
+            reliable.append(entry)
+        else:
+            entry.update(bd_psnr=row["bd_psnr"], overlap_rate=row["overlap_rate"],
+                         reliable_bd_psnr=row["reliable_bd_psnr"])
+            unreliable.append(entry)
+    return {"anchor": anchor, "min_overlap": MIN_OVERLAP, "reliable": reliable, "unreliable": unreliable}
 
 
 def storage_tables(curves: list[Curve]) -> dict:
@@ -318,6 +409,34 @@ def fmt(value, spec: str = ".3f", suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
+def flagged(value, reliable: bool, spec: str, suffix: str) -> str:
+    """A BD number, marked † when its overlap is below MIN_OVERLAP."""
+    text = fmt(value, spec, suffix)
+    return text if value is None or reliable else f"{text} †"
+
+
+def render_bd_summary(summary: dict) -> list[str]:
+    """The BD-rates a reader may quote, and the ones left out with their overlap (and BD-PSNR when that is sound)."""
+    limit = f"{100 * summary['min_overlap']:.0f} %"
+    lines = [f"**Summary against {summary['anchor']}** (BD-rate, PSNR; only comparisons over at least {limit} "
+             "of the joint quality range):", ""]
+    for r in summary["reliable"]:
+        lo, hi = r["psnr_interval"]
+        lines.append(f"- {r['curve']}: {r['bd_rate_psnr']:+.2f} % (over {lo:.2f}–{hi:.2f} dB, "
+                     f"{100 * r['overlap_psnr']:.0f} % overlap)")
+    if not summary["reliable"]:
+        lines.append("- none")
+    if summary["unreliable"]:
+        left = []
+        for r in summary["unreliable"]:
+            text = f"{r['curve']} ({100 * r['overlap_psnr']:.0f} %"
+            if r["reliable_bd_psnr"]:
+                text += f"; BD-PSNR over the shared rate range {r['bd_psnr']:+.2f} dB, {100 * r['overlap_rate']:.0f} %"
+            left.append(text + ")")
+        lines += ["", f"Left out (PSNR overlap below {limit}): " + "; ".join(left) + "."]
+    return lines + [""]
+
+
 def size(n) -> str:
     if n is None:
         return "–"
@@ -351,9 +470,12 @@ def render_markdown(title: str, summary: dict, curves: list[Curve], command: str
                      "; ".join(c.datasets) or "–"])
     lines += md_table(["curve", "kind", "points", "bpp", "PSNR (dB)", "images"], rows)
     lines.append("Kinds: *variable* = one variable-rate model swept over its trained lambda range (solid line); "
-                 "*fixed* = one-point results of fixed-rate models joined into a curve (circles); *classical* = "
+                 "*fixed* = one-point results of fixed-rate models joined into a curve (dash-dot); *classical* = "
                  "Pillow JPEG/WebP on the same images (dashed); *reference* = published results (CompressAI's "
-                 "JSONs; its learned models were trained on GPUs), drawn dotted and not run here.")
+                 "JSONs; its learned models were trained on GPUs), drawn dotted and not run here. A curve of one "
+                 "point is a marker without a line, listed under *one-point results*; every line has its own "
+                 "colour and line style. When the models measured here sit in a corner of the plot, the right "
+                 "panel zooms onto them.")
     lines.append("")
 
     lines += ["## Rate–distortion", ""]
@@ -363,17 +485,25 @@ def render_markdown(title: str, summary: dict, curves: list[Curve], command: str
 
     anchor = summary["anchor"]
     lines += [f"## BD-rate against {anchor}", ""]
-    rows = [[r["curve"], fmt(r["bd_rate_psnr"], "+.2f", " %"), fmt(r["bd_psnr"], "+.3f", " dB"),
-             fmt(r["bd_rate_msssim"], "+.2f", " %"), fmt(r["bd_msssim_db"], "+.3f", " dB"),
-             fmt(100 * r["overlap_psnr"], ".0f", " %"), str(r["dropped_points"]), r["note"] or ""]
+    rows = [[r["curve"], flagged(r["bd_rate_psnr"], r["reliable_bd_rate_psnr"], "+.2f", " %"),
+             flagged(r["bd_psnr"], r["reliable_bd_psnr"], "+.3f", " dB"),
+             flagged(r["bd_rate_msssim"], r["reliable_bd_rate_msssim"], "+.2f", " %"),
+             flagged(r["bd_msssim_db"], r["reliable_bd_msssim_db"], "+.3f", " dB"),
+             fmt(100 * r["overlap_psnr"], ".0f", " %"), fmt(100 * r["overlap_rate"], ".0f", " %"),
+             str(r["dropped_points"]), r["note"] or ""]
             for r in summary["bd"]]
     lines += md_table(["curve", "BD-rate (PSNR)", "BD-PSNR", "BD-rate (MS-SSIM)", "BD-MS-SSIM",
-                       "PSNR overlap", "dropped pts", "note"], rows)
+                       "PSNR overlap", "rate overlap", "dropped pts", "note"], rows)
+    limit = f"{100 * MIN_OVERLAP:.0f} %"
     lines.append("Bjøntegaard deltas with the `bjontegaard` package, PCHIP interpolation, integrated over the range "
-                 "both curves cover (overlap = share of the joint quality range). Negative BD-rate = fewer bits "
-                 "than the anchor at equal quality. MS-SSIM deltas are on the dB scale. Points worse than a "
-                 "cheaper point of the same curve are dropped before interpolating.")
+                 "both curves cover: BD-rate over the shared quality range (*PSNR overlap* = its share of the "
+                 "joint PSNR range), BD-PSNR over the shared log-rate range (*rate overlap*). Negative BD-rate = "
+                 "fewer bits than the anchor at equal quality. MS-SSIM deltas are on the dB scale. Points worse "
+                 "than a cheaper point of the same curve are dropped before interpolating. "
+                 f"**†** = unreliable: the overlap is below {limit} of the joint range, so the number describes "
+                 "the end of one curve, not the codecs; it is shown but left out of the summary below.")
     lines.append("")
+    lines += render_bd_summary(summary["bd_summary"])
 
     st = summary["storage"]
     if st["models"]:
@@ -483,12 +613,13 @@ def build_report(results: list[str], out_dir, anchor: str | None = None, referen
     if len(datasets) > 1:
         notes.append(f"the curves were measured on different image sets ({'; '.join(sorted(datasets))}): "
                      "compare them with care")
+    bd_rows = bd_table(curves, anchor_curve)
     summary = {
         "title": title, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "vrtk_version": __version__, "anchor": anchor_curve.label,
         "flops_baseline": baseline.label if baseline else None, "figures": figures,
         "curves": [{"label": c.label, "kind": c.kind, "points": len(c), "sources": c.sources} for c in curves],
-        "bd": bd_table(curves, anchor_curve), "storage": storage_tables(ours),
+        "bd": bd_rows, "bd_summary": bd_summary(bd_rows, anchor_curve.label), "storage": storage_tables(ours),
         "flops": flops_table(ours, baseline), "runtime": runtime_table(curves), "notes": notes,
     }
     write_text_atomic(out / "report.md", render_markdown(title, summary, curves, command))

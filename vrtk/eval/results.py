@@ -171,7 +171,9 @@ def curve_from_results(data: dict, source: str = "", kind: str | None = None) ->
     dataset = meta.get("dataset") or {}
     if dataset.get("folder"):
         curve.datasets.append(f"{dataset['folder']} ({dataset.get('images', '?')} images)")
-    if dataset.get("ms_ssim_skipped"):
+    if "ms-ssim" not in meta.get("metrics", ["ms-ssim"]):
+        curve.notes.append(f"{source}: MS-SSIM not measured (vrtk eval --metrics {','.join(meta['metrics'])})")
+    elif dataset.get("ms_ssim_skipped"):
         curve.notes.append(f"{source}: MS-SSIM left out for {len(dataset['ms_ssim_skipped'])} image(s) smaller "
                            f"than 161 px on a side")
     group = str(meta.get("group") or name) if kind == "fixed" else f"{source}#{name}"

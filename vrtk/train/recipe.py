@@ -21,7 +21,7 @@ class RunConfig:
     profile: str = ""
     description: str = ""
     # what to train
-    model: str = "default"  # `default`, an architecture name, a vrtk model folder, or package.module:Class
+    model: str = "default-base"  # an embedded model, an architecture name, a model folder, or module:Class
     quality: int | None = None
     metric: str = "mse"
     weights: str = "zoo"
@@ -59,6 +59,7 @@ class RunConfig:
     seed: int = 0
     threads: int = 0  # 0 = torch's default
     device: str = "auto"
+    precision: str = "fp32"  # fp32 | tf32 | bf16-autocast (entropy models stay fp32); see runner.PRECISIONS
     log_every: int = 50
     ckpt_every: int = 500
     out: str = ""

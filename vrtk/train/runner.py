@@ -9,6 +9,7 @@ Run directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,21 +23,73 @@ import torch
 import yaml
 
 from vrtk.data import CropSampler, synthetic_images
+from vrtk.device import pick_device
 from vrtk.errors import RecipeError, TrainingError
 from vrtk.fileio import write_text_atomic, write_with_atomic
-from vrtk.model import WrappedModel, extend, is_model_dir, load_model, save_model, trainable_setup, wrap
+from vrtk.folder_check import check_folder_code
+from vrtk.model import WrappedModel, extend, load_model, model_folder, save_model, trainable_setup, wrap
 from vrtk.plugin_manager import get_registry
 from vrtk.rate import use_rate
 from vrtk.train.recipe import RunConfig, default_out_dir
 from vrtk.zoo import COMPRESSAI_MSE_LAMBDAS, COMPRESSAI_MSSSIM_LAMBDAS, BaseSpec
 
 RESUME_NAME = "last.pt"
+PRECISIONS = ("fp32", "tf32", "bf16-autocast")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise RecipeError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+
+
+def configure_precision(precision: str, device: torch.device) -> bool:
+    """Set how float32 convolutions and matmuls run on a CUDA ``device``; True when the step should autocast.
+
+    fp32: IEEE float32 (TF32 off, also for cuDNN convolutions, where PyTorch allows it by default). tf32: TF32
+    tensor cores for convolutions and matmuls, and cuDNN's autotuner (crops have one shape). bf16-autocast: as
+    tf32, and the transforms run under bfloat16 autocast while CompressAI's entropy models, the likelihoods and
+    the loss stay float32 (``bf16_autocast``). On a CPU only bf16-autocast changes anything.
+    """
+    check_precision(precision)
+    if device.type == "cuda":
+        fast = precision != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = fast
+        torch.backends.cudnn.allow_tf32 = fast
+        torch.backends.cudnn.benchmark = fast
+    return precision == "bf16-autocast"
+
+
+@contextlib.contextmanager
+def bf16_autocast(net: torch.nn.Module, device_type: str):
+    """bfloat16 autocast for ``net``'s transforms, with its entropy models run outside autocast on float32 inputs:
+    likelihoods are floored at 1e-9 and summed as logs into the rate, where bfloat16's 8-bit mantissa would show."""
+    from compressai.entropy_models import EntropyModel
+
+    models = [m for m in net.modules() if isinstance(m, EntropyModel)]
+    previous = [m.__dict__.get("forward") for m in models]  # an instance-level forward of someone else's
+    for module in models:
+        module.forward = _in_fp32(module.forward, device_type)
+    try:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            yield
+    finally:
+        for module, forward in zip(models, previous, strict=True):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
+
+
+def _in_fp32(forward, device_type: str):
+    def run(*args, **kwargs):
+        with torch.autocast(device_type, enabled=False):
+            return forward(*map(_to_fp32, args), **{k: _to_fp32(v) for k, v in kwargs.items()})
+
+    return run
+
+
+def _to_fp32(value):
+    return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
 
 def lambdas_for(config: RunConfig) -> list[float]:
@@ -63,6 +116,8 @@ TRUSTED_CODE_ROOTS = ("vrtk", "vrtk_plugins", "torch", "timm", "compressai")
 
 def check_code_reference(config: RunConfig, allow_code: bool, registry) -> None:
     """A recipe may name classes from vrtk, installed plugins, torch, timm or compressai; other code needs a flag."""
+    if model_folder(config.model) is not None:  # a folder's own class needs the flag too (vrtk/folder_check.py)
+        return check_folder_code(model_folder(config.model), allow_code)
     if ":" not in config.model or allow_code:
         return
     root = config.model.split(":", 1)[0].split(".")[0]
@@ -75,8 +130,9 @@ def check_code_reference(config: RunConfig, allow_code: bool, registry) -> None:
 def build_for_training(config: RunConfig, lambdas: list[float]) -> WrappedModel:
     registry = get_registry()
     plugin_config = plugin_configs_for(config, lambdas, registry)
-    if is_model_dir(config.model):
-        wrapped = load_model(config.model, registry=registry)
+    folder = model_folder(config.model)
+    if folder is not None:
+        wrapped = load_model(folder, registry=registry, allow_code=True)  # run_recipe's check_code_reference gated it
         wrapped = extend(wrapped, [p for p in config.plugins if p not in [u.name for u in wrapped.plugins]],
                          plugin_config, registry=registry)
     else:
@@ -130,6 +186,7 @@ class Trainer:
     def __init__(self, config: RunConfig, out_dir: Path, lambdas: list[float], resume: bool, progress: bool = True):
         self.config, self.out, self.lambdas, self.progress = config, out_dir, lambdas, progress
         self.device = pick_device(config.device)
+        self.autocast = configure_precision(config.precision, self.device)
         self.dist = init_distributed(self.device)
         torch.manual_seed(config.seed)
         self.wrapped = build_for_training(config, lambdas)
@@ -239,6 +296,9 @@ class Trainer:
         """Batches and lambdas depend only on (seed, rank, step): resume and DDP need no generator state."""
         self.gen.manual_seed(hash((self.config.seed, self.dist.rank, self.step)) & 0x7FFF_FFFF_FFFF_FFFF)
 
+    def _precision(self):
+        return bf16_autocast(self.net, self.device.type) if self.autocast else contextlib.nullcontext()
+
     def train_step(self) -> dict:
         self._seed_step()
         x = self.sampler.sample(self.config.batch, self.gen).to(self.device)
@@ -246,8 +306,10 @@ class Trainer:
         total = 0.0
         record: dict = {}
         for lmbda in self._pick_lambdas():
-            with use_rate(self.net, lmbda, self.registry):
+            with use_rate(self.net, lmbda, self.registry), self._precision():
                 out = self.forward_net(x)
+            if self.autocast:  # the distortion in float32, against the float32 input
+                out = {**out, "x_hat": out["x_hat"].float()}
             self.criterion.lmbda = lmbda
             rd = self.criterion(out, x)
             loss = rd["loss"]
@@ -384,7 +446,8 @@ def prepare_run_dir(config: RunConfig, resume: bool) -> Path:
     if resume:
         saved = yaml.safe_load((out / "config.yaml").read_text())
         mine = {**config.to_dict(), "out": str(out)}
-        changed = sorted(k for k in mine if saved.get(k) != mine[k] and k not in ("steps", "out"))
+        defaults = RunConfig().to_dict()  # a key newer than the run's config.yaml had its default there
+        changed = sorted(k for k in mine if saved.get(k, defaults.get(k)) != mine[k] and k not in ("steps", "out"))
         if changed:
             raise RecipeError(f"--resume with settings that differ from the run's config.yaml: {changed}")
     else:
@@ -404,6 +467,7 @@ def _barrier(dist_info: DistInfo) -> None:
 def run_recipe(config: RunConfig, resume: bool = False, progress: bool = True, allow_code: bool = False) -> list[Path]:
     """Run a resolved recipe; returns the model folders it produced."""
     check_code_reference(config, allow_code, get_registry())
+    check_precision(config.precision)  # before the run directory is made
     if config.threads:
         torch.set_num_threads(config.threads)
     dist_info = init_distributed(pick_device(config.device))
