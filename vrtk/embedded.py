@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from vrtk.errors import ModelError
 from vrtk.fileio import write_json_atomic, write_with_atomic
-from vrtk.fold import folded_model, real_architecture
+from vrtk.fold import folded_model
 from vrtk.model import load_model, save_model
-from vrtk.zoo import BaseSpec, default_base_files, default_model_dir, half_parameters
+from vrtk.zoo import default_base_files, default_model_dir, half_parameters
 
 
 def export_default(model_dir: str | os.PathLike, base_lambda: float, command: str, notes: dict | None = None,
@@ -31,12 +32,12 @@ def export_default(model_dir: str | os.PathLike, base_lambda: float, command: st
     from safetensors.torch import save_file
 
     wrapped = load_model(model_dir)
-    if not wrapped.variable_rate or wrapped.plugins and len(wrapped.plugins) != 1:
+    if not wrapped.variable_rate or len(wrapped.plugins) != 1:
         raise ModelError(f"{model_dir}: the embedded default must be a variable-rate model with one rate plugin "
                          "(e.g. made by `vrtk run bm-finetune`)")
-    folded = folded_model(wrapped, base_lambda).net
-    arch, sizes = real_architecture(wrapped)
-    wrapped.base = BaseSpec(arch=arch, arch_kwargs=sizes, metric=wrapped.metric, weights="random")
+    fixed = folded_model(wrapped, base_lambda)
+    folded, arch, sizes = fixed.net, fixed.base.arch, fixed.base.arch_kwargs
+    wrapped.base = replace(fixed.base)  # the registered architecture: the folder loads without any embedded base
     wrapped.extra = {**wrapped.extra, "made_by": command, **(notes or {})}
     folder = assets / "default" if assets else default_model_dir()
     weights, meta = (assets / "default-base.safetensors", assets / "default-base.json") if assets \

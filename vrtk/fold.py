@@ -41,21 +41,15 @@ def _edge_conv(module: nn.Module, last: bool) -> nn.Module:
 
 
 @torch.no_grad()
-def _scale_output_channels(conv: nn.Module, vector: torch.Tensor) -> None:
-    out_dim = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
+def _scale_channels(conv: nn.Module, vector: torch.Tensor, output: bool) -> None:
+    """Multiply a convolution's output (or input) channels by ``vector``: weight dim 0 is out for Conv2d and in for
+    ConvTranspose2d; a bias scales with the output only."""
+    transposed = isinstance(conv, nn.ConvTranspose2d)
     shape = [1] * conv.weight.dim()
-    shape[out_dim] = -1
+    shape[int(transposed == output)] = -1
     conv.weight.mul_(vector.view(shape))
-    if conv.bias is not None:
+    if output and conv.bias is not None:
         conv.bias.mul_(vector)
-
-
-@torch.no_grad()
-def _scale_input_channels(conv: nn.Module, vector: torch.Tensor) -> None:
-    in_dim = 0 if isinstance(conv, nn.ConvTranspose2d) else 1
-    shape = [1] * conv.weight.dim()
-    shape[in_dim] = -1
-    conv.weight.mul_(vector.view(shape))
 
 
 def fold_modulators(net: nn.Module, lmbda: float, registry=None) -> nn.Module:
@@ -68,10 +62,10 @@ def fold_modulators(net: nn.Module, lmbda: float, registry=None) -> nn.Module:
                  and any(isinstance(m, ChannelModulator) for m in module)]
         for path, (first, second) in pairs:
             if isinstance(second, ChannelModulator) and second.role == "modulate":
-                _scale_output_channels(_edge_conv(first, last=True), second.scale().to(torch.float32))
+                _scale_channels(_edge_conv(first, last=True), second.scale().to(torch.float32), output=True)
                 replace_submodule(folded, path, first)
             elif isinstance(first, ChannelModulator) and first.role == "demodulate":
-                _scale_input_channels(_edge_conv(second, last=False), first.scale().to(torch.float32))
+                _scale_channels(_edge_conv(second, last=False), first.scale().to(torch.float32), output=False)
                 replace_submodule(folded, path, second)
             else:
                 raise ModelError(f"{path}: a modulator in an unexpected place; cannot fold it")
