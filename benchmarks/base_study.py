@@ -102,6 +102,16 @@ def table(results: Path, anchors: Path) -> str:
     return "\n".join(lines)
 
 
+def chosen_variants(text: str, known) -> list[str] | None:
+    """The comma-separated names of ``--variants`` (all when empty); None, after saying so, for an unknown one."""
+    wanted = [v for v in text.split(",") if v] or list(known)
+    unknown = set(wanted) - set(known)
+    if unknown:
+        print(f"unknown variants: {sorted(unknown)}; known: {', '.join(known)}", file=sys.stderr)
+        return None
+    return wanted
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=str(Path.home() / ".cache" / "vrtk" / "runs" / "base-study"))
@@ -114,10 +124,8 @@ def main() -> int:
     parser.add_argument("--table", action="store_true")
     args = parser.parse_args()
     runs, results = Path(args.runs), Path(args.results)
-    wanted = [v for v in args.variants.split(",") if v] or list(VARIANTS)
-    unknown = set(wanted) - set(VARIANTS)
-    if unknown:
-        print(f"unknown variants: {sorted(unknown)}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+    wanted = chosen_variants(args.variants, VARIANTS)
+    if wanted is None:
         return 2
     if args.list:
         for name in wanted:

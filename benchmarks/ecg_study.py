@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from base_study import study_base  # noqa: E402
+from base_study import chosen_variants, study_base  # noqa: E402
 from reproduce import DATA, run_command  # noqa: E402
 
 from vrtk.fileio import write_text_atomic  # noqa: E402
@@ -252,10 +252,8 @@ def main() -> int:
     if args.freeze_copy:
         freeze_copy(Path(args.freeze_copy[0]), Path(args.freeze_copy[1]))
         return 0
-    wanted = [v for v in args.variants.split(",") if v] or list(VARIANTS)
-    unknown = set(wanted) - set(VARIANTS)
-    if unknown:
-        print(f"unknown variants: {sorted(unknown)}; known: {', '.join(VARIANTS)}", file=sys.stderr)
+    wanted = chosen_variants(args.variants, VARIANTS)
+    if wanted is None:
         return 2
     if args.list:
         for name in wanted:

@@ -160,35 +160,48 @@ def worker(model_dir: str) -> None:
         print(answer, flush=True)
 
 
-class Worker:
-    def __init__(self, model_dir: str, start_timeout: float):
-        env = dict(os.environ, PYTHONUNBUFFERED="1", VRTK_OFFLINE="1")
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", model_dir], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+class LineWorker:
+    """A child process answering one line per request line: a crash or hang there is counted, never inherited."""
+
+    def __init__(self, argv: list[str], env: dict, start_timeout: float, cwd=None):
+        self.proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
         if self.read(start_timeout) != "ready":
             self.stop()
             raise SystemExit("the fuzz worker did not start")
 
     def read(self, timeout: float) -> str | None:
+        """The next answer line; None on timeout, "dead" when the worker is gone."""
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
             return None
         line = self.proc.stdout.readline()
         return line.strip() if line else "dead"
 
-    def ask(self, data: bytes, timeout: float) -> str:
+    def send(self, line: str) -> bool:
         try:
-            self.proc.stdin.write(data.hex() + "\n")
+            self.proc.stdin.write(line + "\n")
             self.proc.stdin.flush()
+            return True
         except BrokenPipeError:
-            return "dead"
-        answer = self.read(timeout)
-        return "timeout" if answer is None else answer
+            return False
 
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()  # only the worker this script started
         self.proc.wait()
+
+
+class Worker(LineWorker):
+    def __init__(self, model_dir: str, start_timeout: float):
+        env = dict(os.environ, PYTHONUNBUFFERED="1", VRTK_OFFLINE="1")
+        super().__init__([__file__, "--worker", model_dir], env, start_timeout)
+
+    def ask(self, data: bytes, timeout: float) -> str:
+        if not self.send(data.hex()):
+            return "dead"
+        answer = self.read(timeout)
+        return "timeout" if answer is None else answer
 
 
 def make_model(folder: Path) -> bytes:

@@ -23,10 +23,8 @@ import argparse
 import json
 import os
 import random
-import select
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from fuzz_bitstream import LineWorker  # noqa: E402
 from fuzz_bitstream import mutate as mutate_bitstream  # noqa: E402
 
 CANARY = "vrtk_fuzz_canary"
@@ -368,29 +367,15 @@ def _status(field: str) -> int:
         return 0
 
 
-class Worker:
+class Worker(LineWorker):
     def __init__(self, plain_dir: Path, canary_path: Path, cwd: Path, marker: Path, budget: str):
         env = dict(os.environ, PYTHONUNBUFFERED="1", VRTK_OFFLINE="1", VRTK_MEMORY_BUDGET=budget,
                    PYTHONPATH=os.pathsep.join([str(canary_path), os.environ.get("PYTHONPATH", "")]))
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(plain_dir),
-                                      str(marker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, env=env, cwd=cwd)
-        if self.read(300) != "ready":
-            self.stop()
-            raise SystemExit("the fuzz worker did not start")
-
-    def read(self, timeout: float) -> str | None:
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            return None
-        line = self.proc.stdout.readline()
-        return line.strip() if line else "dead"
+        super().__init__([str(Path(__file__).resolve()), "--worker", str(plain_dir), str(marker)], env, 300,
+                         cwd=cwd)
 
     def ask(self, request: dict, timeout: float) -> dict:
-        try:
-            self.proc.stdin.write(json.dumps(request) + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
+        if not self.send(json.dumps(request)):
             return {"outcome": "tracebacks", "error": "worker died", "dead": True}
         answer = self.read(timeout)
         if answer is None:
@@ -398,11 +383,6 @@ class Worker:
         if answer == "dead":
             return {"outcome": "tracebacks", "error": f"worker died (exit {self.proc.poll()})", "dead": True}
         return json.loads(answer)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # only the worker this script started
-        self.proc.wait()
 
 
 def check_detector(w: Worker, folder: Path, timeout: float, marker: Path) -> str:
