@@ -20,7 +20,7 @@ from conftest import TINY_KWARGS
 from test_hostile_folders import peak_memory_of
 
 import vrtk
-from vrtk import api, limits
+from vrtk import api, coding_limits
 from vrtk.api import Coder
 from vrtk.container import Container, parse
 from vrtk.data import synthetic_images
@@ -138,10 +138,10 @@ def test_the_capacity_bound_never_refuses_a_real_file(arch, kwargs):
         for image in images:
             data = coder.compress(image).data
             h = parse(data)
-            limits.check_string_capacity(coder.net, h.shape, h.strings, h.width, h.height)  # must not raise
+            coding_limits.check_string_capacity(coder.net, h.shape, h.strings, h.width, h.height)  # must not raise
             assert coder.decode(data).tensor.shape == (3, h.height, h.width)
-    eb = limits.hyper_latent_bottleneck(coder.net)
-    assert eb is not None and float(limits.min_bits_per_symbol(eb._quantized_cdf, eb._cdf_length).sum()) > 0
+    eb = coding_limits.hyper_latent_bottleneck(coder.net)
+    assert eb is not None and float(coding_limits.min_bits_per_symbol(eb._quantized_cdf, eb._cdf_length).sum()) > 0
 
 
 # -- the memory budget --------------------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ ESTIMATE = textwrap.dedent("""
     import sys, torch
     from vrtk.api import Coder
     from vrtk.images import LoadedImage
-    from vrtk.limits import coding_bytes
+    from vrtk.coding_limits import coding_bytes
     from vrtk.model import load_model
     torch.set_num_threads(1)
     coder = Coder(load_model(sys.argv[1]))
@@ -208,7 +208,7 @@ def test_the_memory_estimate_is_above_the_measured_peak(model_dir):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     peak, estimate = map(int, proc.stdout.split())
-    assert peak < estimate < 8 * peak + limits.FIXED_OVERHEAD  # safe, and not absurdly so
+    assert peak < estimate < 8 * peak + coding_limits.FIXED_OVERHEAD  # safe, and not absurdly so
 
 
 def test_an_allocation_failure_is_named_as_such(model, valid, monkeypatch):

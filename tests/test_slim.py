@@ -21,7 +21,8 @@ from vrtk.errors import ModelError, PluginError
 from vrtk.flops import dense_kmacs_per_pixel, measure_codec_macs
 from vrtk.model import load_model, save_model, wrap
 from vrtk.rate import use_rate
-from vrtk.slim import find_links, slim_model
+from vrtk.slim import find_links
+from vrtk.slimming import slim_model
 from vrtk.zoo import BaseSpec, build_base
 
 # (producer to silence, its output channels): links ga1 (GDN), gs2 (IGDN), ha1 and hs1 (ReLU)

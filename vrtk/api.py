@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from vrtk import container, limits
+from vrtk import coding_limits, container, limits
 from vrtk.errors import BitstreamError, ImageError, RateError
 from vrtk.images import LoadedImage, load_image, to_pil
 from vrtk.rate import check_lambda, quality_to_lambda, use_rate
@@ -252,7 +252,7 @@ class Coder:
     def check_memory(self, width: int, height: int, what: str, lmbda: float | None, groups: int = 0) -> None:
         """Refuse, before allocating, an image whose coding would need more memory than the budget."""
         rate = lmbda if lmbda is not None else self.wrapped.middle_lambda()
-        limits.check_memory(self.net, width, height, what, rate, self.registry, self.memory_budget, groups)
+        coding_limits.check_memory(self.net, width, height, what, rate, self.registry, self.memory_budget, groups)
 
     # - decoder
     def check(self, header: container.Container) -> None:
@@ -279,7 +279,7 @@ class Coder:
             if header.shape != expected:
                 raise BitstreamError(f"damaged .vrtk file: latent shape {header.shape} does not fit a "
                                      f"{header.width}x{header.height} image (expected {expected})")
-        limits.check_string_capacity(self.net, header.shape, header.strings, header.width, header.height)
+        coding_limits.check_string_capacity(self.net, header.shape, header.strings, header.width, header.height)
 
     @torch.no_grad()
     def decode(self, data: bytes) -> Decoded:
@@ -329,7 +329,7 @@ def _guard_strings(net, header: container.Container) -> list[list[bytes]]:
     padded size) keeps every read inside. A valid stream never reads its padding, so decoding is unchanged.
     Called only after :meth:`Coder.check_memory` counted these bytes in the budget: a hostile header cannot make
     it build a giant bytes object."""
-    zeros = bytes(limits.guard_bytes(net, header.width, header.height))
+    zeros = bytes(coding_limits.guard_bytes(net, header.width, header.height))
     return [[bytes(s) + zeros for s in group] for group in header.strings]
 
 

@@ -21,8 +21,11 @@ from torch import nn
 
 from vrtk.errors import ModelError
 from vrtk.injection import Adapter, replace_submodule
+from vrtk.model import PluginUse, WrappedModel
 from vrtk.modulation import ChannelModulator
-from vrtk.rate import use_rate
+from vrtk.plugin_manager import get_registry
+from vrtk.rate import check_lambda, use_rate
+from vrtk.zoo import DEFAULT_BASE_NAME, BaseSpec, default_base_info
 
 CONVS = (nn.Conv2d, nn.ConvTranspose2d)
 
@@ -79,11 +82,6 @@ def fold_modulators(net: nn.Module, lmbda: float, registry=None) -> nn.Module:
 def folded_model(wrapped, lmbda: float, registry=None):
     """A fixed-rate WrappedModel at ``lmbda``: the rate plugins folded away, other plugins (gates) kept, the base
     named by its registered architecture so the result loads without the model it came from."""
-    from vrtk.model import PluginUse, WrappedModel
-    from vrtk.plugin_manager import get_registry
-    from vrtk.rate import check_lambda
-    from vrtk.zoo import BaseSpec
-
     registry = registry or get_registry()
     if not wrapped.variable_rate:
         raise ModelError("only a variable-rate model has modulators to fold")
@@ -99,8 +97,6 @@ def folded_model(wrapped, lmbda: float, registry=None):
 
 def real_architecture(wrapped) -> tuple[str, dict]:
     """The registered architecture and sizes under a model, also when it was trained from the embedded base."""
-    from vrtk.zoo import DEFAULT_BASE_NAME, default_base_info
-
     if wrapped.base.arch == DEFAULT_BASE_NAME:
         info = default_base_info()
         return info["arch"], dict(info["arch_kwargs"])

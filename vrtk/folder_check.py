@@ -20,12 +20,26 @@ from pathlib import Path
 
 import torch
 
+from vrtk.checks import check_arch_kwargs, is_int, is_number, shown
 from vrtk.errors import ModelError
+from vrtk.plugin_manager import get_registry
+from vrtk.zoo import (
+    DEFAULT_BASE_NAME,
+    DEFAULT_MODEL_NAME,
+    _is_cdf_buffer,
+    all_archs,
+    canonical_name,
+    get_arch,
+    registered_class,
+)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "vrtk-model"
+FORMAT_VERSION = 1
 
 MAX_CONFIG_BYTES = 16 * 2**20
 MAX_JSON_DEPTH = 64  # our own configs are 5 deep
-MAX_WIDTH = 1024  # N, M and any other architecture size: 3x CompressAI's largest
-MAX_ARCH_KWARGS = 16
 MAX_QUALITY = 64
 MAX_LAMBDAS = 256
 MAX_LAMBDA = 1e6  # CompressAI's MS-SSIM lambdas reach 220
@@ -82,51 +96,49 @@ def json_depth(value) -> int:
 
 def check_config(config: dict, where: Path, allow_code: bool, registry=None) -> None:
     """Every field load_model uses, checked for type and size before anything is built or imported."""
-    from vrtk.model import FORMAT, FORMAT_VERSION
-
     if config.get("format") != FORMAT:
         raise ModelError(f"{where}: not a vrtk model config (format is {str(config.get('format'))[:40]!r}, "
                          f"expected {FORMAT!r})")
     version = config.get("format_version")
-    if not _is_int(version) or version < 1:
-        raise ModelError(f"{where}: format_version must be a positive integer, not {_shown(version)}")
+    if not is_int(version) or version < 1:
+        raise ModelError(f"{where}: format_version must be a positive integer, not {shown(version)}")
     if version > FORMAT_VERSION:
         raise ModelError(f"{where}: format version {version} is newer than this vrtk ({FORMAT_VERSION}); "
                          "upgrade vrtk")
     base = config.get("base")
     if not isinstance(base, dict):
-        raise ModelError(f"{where}: 'base' must be an object naming the base model, not {_shown(base)}")
+        raise ModelError(f"{where}: 'base' must be an object naming the base model, not {shown(base)}")
     check_base(base, where, allow_code)
     if config.get("weights", "delta") not in ("delta", "full"):
-        raise ModelError(f"{where}: 'weights' must be \"delta\" or \"full\", not {_shown(config.get('weights'))}")
+        raise ModelError(f"{where}: 'weights' must be \"delta\" or \"full\", not {shown(config.get('weights'))}")
     rate = config.get("rate", {})
     if not isinstance(rate, dict):
-        raise ModelError(f"{where}: 'rate' must be an object, not {_shown(rate)}")
+        raise ModelError(f"{where}: 'rate' must be an object, not {shown(rate)}")
     check_lambdas(rate.get("lambdas", []), f"{where}: rate.lambdas", allow_empty=True)
     if rate.get("metric", "mse") not in METRICS:
-        raise ModelError(f"{where}: rate.metric must be one of {METRICS}, not {_shown(rate.get('metric'))}")
+        raise ModelError(f"{where}: rate.metric must be one of {METRICS}, not {shown(rate.get('metric'))}")
     for key in ("extra",):
         if not isinstance(config.get(key, {}), dict):
-            raise ModelError(f"{where}: {key!r} must be an object, not {_shown(config.get(key))}")
+            raise ModelError(f"{where}: {key!r} must be an object, not {shown(config.get(key))}")
     check_plugins(config.get("plugins", []), where, registry)
 
 
 def check_base(base: dict, where: Path, allow_code: bool) -> None:
     arch = base.get("arch")
     if not isinstance(arch, str) or not arch.strip() or len(arch) > 256:
-        raise ModelError(f"{where}: base.arch must be an architecture name (vrtk models), not {_shown(arch)}")
+        raise ModelError(f"{where}: base.arch must be an architecture name (vrtk models), not {shown(arch)}")
     check_arch(arch, where, allow_code)
     quality = base.get("quality")
-    if quality is not None and (not _is_int(quality) or not 1 <= quality <= MAX_QUALITY):
-        raise ModelError(f"{where}: base.quality must be an integer 1..{MAX_QUALITY} or null, not {_shown(quality)}")
+    if quality is not None and (not is_int(quality) or not 1 <= quality <= MAX_QUALITY):
+        raise ModelError(f"{where}: base.quality must be an integer 1..{MAX_QUALITY} or null, not {shown(quality)}")
     if base.get("metric", "mse") not in METRICS:
-        raise ModelError(f"{where}: base.metric must be one of {METRICS}, not {_shown(base.get('metric'))}")
+        raise ModelError(f"{where}: base.metric must be one of {METRICS}, not {shown(base.get('metric'))}")
     weights = base.get("weights", "zoo")
     if not isinstance(weights, str) or not weights or len(weights) > MAX_STRING or "\0" in weights:
-        raise ModelError(f"{where}: base.weights must be zoo, random or a checkpoint path, not {_shown(weights)}")
+        raise ModelError(f"{where}: base.weights must be zoo, random or a checkpoint path, not {shown(weights)}")
     digest = base.get("weights_sha256")
     if digest is not None and not (isinstance(digest, str) and HEX64.fullmatch(digest)):
-        raise ModelError(f"{where}: base.weights_sha256 must be 64 hex digits or null, not {_shown(digest)}")
+        raise ModelError(f"{where}: base.weights_sha256 must be 64 hex digits or null, not {shown(digest)}")
     check_arch_kwargs(base.get("arch_kwargs", {}), f"{where}: base.arch_kwargs")
 
 
@@ -134,8 +146,6 @@ def check_base(base: dict, where: Path, allow_code: bool) -> None:
 def check_arch(arch: str, where, allow_code: bool) -> None:
     """A registered name passes; ``package.module:Class`` passes only as an imported registered class, or with
     ``allow_code``. Nothing is imported here."""
-    from vrtk.zoo import DEFAULT_BASE_NAME, DEFAULT_MODEL_NAME, all_archs, canonical_name, get_arch
-
     if ":" not in arch:
         if arch not in (DEFAULT_MODEL_NAME, DEFAULT_BASE_NAME) and canonical_name(arch) not in all_archs():
             get_arch(arch)  # raises the usual "Unknown model ... Did you mean" ModelError
@@ -147,43 +157,15 @@ def check_arch(arch: str, where, allow_code: bool) -> None:
                      "(vrtk models). If you trust this folder, pass --allow-code (Python: allow_code=True).")
 
 
-def registered_class(path: str):
-    """The registered architecture's class ``package.module:Class`` names, if that module is already imported
-    (so resolving it imports nothing); else None."""
-    import sys
-
-    from vrtk.zoo import all_archs
-
-    module_name, _, attr = path.partition(":")
-    obj = sys.modules.get(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part, None) if obj is not None and part and not part.startswith("_") else None
-    factories = {spec.factory for spec in all_archs().values()}
-    return obj if obj is not None and obj in factories else None
-
-
-def check_arch_kwargs(kwargs, where: str) -> None:
-    """Architecture sizes: a small object of positive integers up to MAX_WIDTH."""
-    if not isinstance(kwargs, dict):
-        raise ModelError(f"{where} must be an object of sizes (e.g. {{\"N\": 128, \"M\": 192}}), not {_shown(kwargs)}")
-    if len(kwargs) > MAX_ARCH_KWARGS:
-        raise ModelError(f"{where}: {len(kwargs)} entries (at most {MAX_ARCH_KWARGS})")
-    for key, value in kwargs.items():
-        if not (isinstance(key, str) and key.isidentifier()):
-            raise ModelError(f"{where}: {_shown(key)} is not an argument name")
-        if not _is_int(value) or not 1 <= value <= MAX_WIDTH:
-            raise ModelError(f"{where}.{key} must be an integer 1..{MAX_WIDTH}, not {_shown(value)}")
-
-
 def check_lambdas(values, where: str, allow_empty: bool = False) -> list[float]:
     """A lambda list: at most MAX_LAMBDAS finite positive numbers up to MAX_LAMBDA."""
     if not isinstance(values, list) or (not values and not allow_empty):
-        raise ModelError(f"{where} must be a list of positive numbers, not {_shown(values)}")
+        raise ModelError(f"{where} must be a list of positive numbers, not {shown(values)}")
     if len(values) > MAX_LAMBDAS:
         raise ModelError(f"{where}: {len(values)} lambdas (at most {MAX_LAMBDAS})")
     for value in values:
-        if not (_is_number(value) and math.isfinite(value) and 0 < value <= MAX_LAMBDA):
-            raise ModelError(f"{where}: {_shown(value)} is not a lambda (a finite number in (0, {MAX_LAMBDA:g}])")
+        if not (is_number(value) and math.isfinite(value) and 0 < value <= MAX_LAMBDA):
+            raise ModelError(f"{where}: {shown(value)} is not a lambda (a finite number in (0, {MAX_LAMBDA:g}])")
     return [float(v) for v in values]
 
 
@@ -192,30 +174,28 @@ def check_plugins(plugins, where: Path, registry=None) -> None:
     """The plugin list and each plugin's settings, against the types its config dataclass declares."""
     if not isinstance(plugins, list):
         raise ModelError(f"{where}: 'plugins' must be a list of {{\"name\": ..., \"config\": {{...}}}}, "
-                         f"not {_shown(plugins)}")
+                         f"not {shown(plugins)}")
     if len(plugins) > MAX_PLUGINS:
         raise ModelError(f"{where}: {len(plugins)} plugins (at most {MAX_PLUGINS})")
     seen = set()
     for i, entry in enumerate(plugins):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
-            raise ModelError(f"{where}: plugins[{i}] must be an object with a \"name\", not {_shown(entry)}")
+            raise ModelError(f"{where}: plugins[{i}] must be an object with a \"name\", not {shown(entry)}")
         name = entry["name"]
         if name in seen:
             raise ModelError(f"{where}: plugin {name!r} is listed twice")
         seen.add(name)
         settings = entry.get("config", {})
         if not isinstance(settings, dict):
-            raise ModelError(f"{where}: plugins[{i}].config must be an object, not {_shown(settings)}")
+            raise ModelError(f"{where}: plugins[{i}].config must be an object, not {shown(settings)}")
         version = entry.get("version")
         if version is not None and not (isinstance(version, str) and len(version) <= 256):
-            raise ModelError(f"{where}: plugins[{i}].version must be a string or null, not {_shown(version)}")
+            raise ModelError(f"{where}: plugins[{i}].version must be a string or null, not {shown(version)}")
         check_plugin_settings(name, settings, f"{where}: plugin {name!r}", registry)
 
 
 def check_plugin_settings(name: str, settings: dict, where: str, registry=None) -> None:
     """Each setting: bounded in general, of its declared type, widths and lambda lists within their limits."""
-    from vrtk.plugin_manager import get_registry
-
     registry = registry or get_registry()
     injector = registry.injectors.get(name)
     hints = _type_hints(injector.config_class) if injector is not None else {}
@@ -223,10 +203,10 @@ def check_plugin_settings(name: str, settings: dict, where: str, registry=None) 
         label = f"{where} setting {key!r}"
         _check_bounded(value, label)
         if key in hints and not _fits(value, hints[key]):
-            raise ModelError(f"{label} must be {_type_name(hints[key])}, not {_shown(value)}")
+            raise ModelError(f"{label} must be {_type_name(hints[key])}, not {shown(value)}")
         if key == "lambdas" and value is not None:
             check_lambdas(value, label)
-        elif WIDTH_FIELD.fullmatch(key) and _is_int(value) and not 1 <= value <= MAX_PLUGIN_WIDTH:
+        elif WIDTH_FIELD.fullmatch(key) and is_int(value) and not 1 <= value <= MAX_PLUGIN_WIDTH:
             raise ModelError(f"{label} must be 1..{MAX_PLUGIN_WIDTH}, not {value}")
 
 
@@ -247,7 +227,7 @@ def _check_bounded(value, label: str) -> None:
             raise ModelError(f"{label}: a string of {len(item)} characters (at most {MAX_STRING})")
         elif isinstance(item, float) and not math.isfinite(item):
             raise ModelError(f"{label}: {item} is not a finite number")
-        elif _is_int(item) and abs(item) > MAX_INT:
+        elif is_int(item) and abs(item) > MAX_INT:
             raise ModelError(f"{label}: {item} is out of range")
 
 
@@ -270,9 +250,9 @@ def _fits(value, hint) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return _is_int(value)
+        return is_int(value)
     if hint is float:
-        return _is_number(value)
+        return is_number(value)
     if hint is str:
         return isinstance(value, str)
     if origin in (list, tuple) or hint in (list, tuple):
@@ -302,8 +282,6 @@ def check_weights_file(path: Path) -> None:
 
 def check_tensors(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], where: Path) -> None:
     """Shapes as the rebuilt network has them (entropy-coder tables excepted), finite values, sane quantiles."""
-    from vrtk.zoo import _is_cdf_buffer
-
     wrong = [f"{k}: file {tuple(t.shape)} vs model {tuple(own[k].shape)}" for k, t in tensors.items()
              if k in own and t.shape != own[k].shape and not _is_cdf_buffer(k)]
     if wrong:
@@ -332,35 +310,8 @@ def _check_quantiles(key: str, q: torch.Tensor, where: Path) -> None:
 
 
 # -- small helpers ------------------------------------------------------------------------------------------------
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _shown(value) -> str:
-    """A short description of a value for a message (never megabytes of it)."""
-    if isinstance(value, (dict, list)):
-        return f"a JSON {'object' if isinstance(value, dict) else 'list'} ({_short(value)})"
-    if value is None:
-        return "missing (null)"
-    return _short(value)
-
-
-def _short(value) -> str:
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def check_folder_code(folder: Path, allow_code: bool) -> None:
     """The recipe gate for ``model=<folder>``: a class the folder names needs --allow-code, as in a recipe."""
-    from vrtk.model import CONFIG_NAME
-
     config = read_config(Path(folder) / CONFIG_NAME)
     base = config.get("base")
     arch = base.get("arch") if isinstance(base, dict) else None

@@ -64,5 +64,5 @@ def vrtk_slim(model, images, settings):
     ``model`` is the WrappedModel (not just its network), ``images`` a list of calibration images, each (1, 3, H, W)
     padded as the codec pads them, ``settings`` a dict (``min_closed``, ``compensate``, ``lambdas``). Return
     ``(slim WrappedModel, report dict)``, or None when the model has none of this plugin's modules. The generic
-    channel removal and the slim architectures are in vrtk/slim.py and vrtk/slim_arch.py.
+    channel removal is in vrtk/slim.py, the slim architectures in vrtk/slim_arch.py, ``assemble`` in vrtk/slimming.py.
     """

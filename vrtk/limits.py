@@ -1,47 +1,26 @@
-"""What one input may cost: a memory budget for coding an image, and what entropy-coded strings can carry.
+"""What work may cost: the memory budget, refusing to build networks over it, and naming failed allocations.
 
-A hostile .vrtk file or image is small and asks for big work: a 363-byte file whose header claims 4096x4096, a
-1x64,000,000 image padded to 64 rows. Two checks run before anything large is allocated:
-
-* :func:`check_string_capacity` -- a header's latent shape must fit the bytes of its strings. rANS spends at least
-  ``log2(2**16 / f)`` bits on a symbol whose frequency is ``f`` (of 2**16), so the hyper-latent ``z`` (one symbol
-  per channel and position, each channel with its own table) needs at least ``positions * sum(min bits of each
-  channel's table)`` bits. This is a lower bound for any valid stream, so valid files always pass.
-* :func:`check_memory` -- the peak memory of coding an image, estimated from a probe before allocating, must fit
-  the budget: ``VRTK_MEMORY_BUDGET`` (e.g. ``8G``, ``512M``, bytes), default :data:`DEFAULT_MEMORY_BUDGET`.
-
-An allocation that fails anyway (another process took the memory) is reported as a :class:`ResourceError` by
-:func:`allocation_failures`, never as a damaged file.
+The budget is ``VRTK_MEMORY_BUDGET`` (e.g. ``8G``, ``512M``, bytes), default :data:`DEFAULT_MEMORY_BUDGET`. An
+allocation that fails anyway (another process took the memory) is reported as a :class:`ResourceError` by
+:func:`allocation_failures`, never as a damaged file. What coding one image or one bitstream may cost is estimated
+in vrtk/coding_limits.py, which sits above the codec; this module sits below the model zoo, which uses it to refuse
+oversized builds.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import re
-import weakref
 from collections.abc import Iterator
 
-import torch
-
-from vrtk.errors import BitstreamError, ResourceError, VrtkError
+from vrtk.errors import ResourceError, VrtkError
 
 MEMORY_BUDGET_ENV = "VRTK_MEMORY_BUDGET"
 DEFAULT_MEMORY_BUDGET = 8 * 2**30  # a third of a 24 GB machine: room for the OS, the model and a training run
-# Peak memory over the largest layer's input + output (per padded pixel) measured 1.7-3.7 at 1024-2048 px across
-# the CompressAI architectures, bm/gain/ecg, encode and decode (N=8..128); at 512 px fixed costs add up to 4.3x.
-# 4x plus a fixed 64 MiB stayed above every measured peak.
-ACTIVATION_FACTOR = 4
-FIXED_OVERHEAD = 64 * 2**20
-PROBE_SIDE = 64  # the smallest padded image: the probe forward pass is cheap
-RANS_PRECISION = 16  # CompressAI's rANS coder: symbol frequencies are out of 2**16
-RANS_SLACK_BITS = 64  # the coder's 64-bit state holds up to this many bits beyond the bytes it has written
-GUARD_BYTES_PER_SYMBOL = 8  # zero bytes appended per latent symbol before decoding (see vrtk.api._guard_strings)
 
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
-_probe_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> activation bytes per padded pixel
 
 
 # -- the memory budget ------------------------------------------------------------------------------------------
@@ -74,76 +53,6 @@ def human_bytes(n: float) -> str:
         if n >= size:
             return f"{n / size:.1f} {unit}"
     return f"{int(n)} bytes"
-
-
-def activation_bytes_per_pixel(net: torch.nn.Module, lmbda: float | None = None, registry=None) -> float:
-    """The largest input + output of any layer per padded pixel, from one forward pass on a 64x64 probe (cached
-    per network). A network whose forward pass cannot run on the probe gets a conservative bound instead: its widest
-    layer at full resolution."""
-    cached = _probe_cache.get(net)
-    if cached is not None:
-        return cached
-    peak = 0
-
-    def hook(_module, inputs, output):
-        nonlocal peak
-        outputs = output if isinstance(output, (tuple, list)) else (output,)
-        peak = max(peak, sum(t.numel() * t.element_size() for t in (*inputs, *outputs)
-                             if isinstance(t, torch.Tensor)))
-
-    from vrtk.rate import use_rate
-
-    leaves = [m for m in net.modules() if not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        device = next(iter(net.parameters())).device
-        with torch.no_grad(), use_rate(net, lmbda, registry):
-            net(torch.zeros(1, 3, PROBE_SIDE, PROBE_SIDE, device=device))
-        per_pixel = peak / PROBE_SIDE**2
-    except Exception:  # noqa: BLE001 - any architecture may fail on a probe; the bound below is then used
-        per_pixel = 2 * 4 * max((getattr(m, "out_channels", 0) or 0 for m in leaves), default=512)
-    finally:
-        for h in handles:
-            h.remove()
-    per_pixel = max(per_pixel, 3 * 4)  # never less than the image itself
-    _probe_cache[net] = per_pixel
-    return per_pixel
-
-
-def padded_pixels(width: int, height: int) -> int:
-    from vrtk.codec import PAD_MULTIPLE
-
-    return -(-height // PAD_MULTIPLE) * PAD_MULTIPLE * (-(-width // PAD_MULTIPLE) * PAD_MULTIPLE)
-
-
-def guard_bytes(net: torch.nn.Module, width: int, height: int) -> int:
-    """The zero bytes appended to each string before decoding: 8 per symbol of the largest latent (M channels at
-    1/16 of the padded size), so CompressAI's rANS decoder stays inside its buffer on damaged data."""
-    channels = getattr(net, "M", None)
-    channels = channels if isinstance(channels, int) and channels > 0 else 512
-    return 64 + GUARD_BYTES_PER_SYMBOL * channels * padded_pixels(width, height) // 256
-
-
-def coding_bytes(net: torch.nn.Module, width: int, height: int, lmbda: float | None = None, registry=None,
-                 groups: int = 0) -> int:
-    """Estimated peak memory of coding a ``width`` x ``height`` image (decode: plus ``groups`` guarded strings)."""
-    per_pixel = activation_bytes_per_pixel(net, lmbda, registry)
-    return int(ACTIVATION_FACTOR * per_pixel * padded_pixels(width, height) + FIXED_OVERHEAD
-               + groups * guard_bytes(net, width, height))
-
-
-def check_memory(net: torch.nn.Module, width: int, height: int, what: str, lmbda: float | None = None,
-                 registry=None, budget: int | None = None, groups: int = 0) -> None:
-    """Refuse, before allocating, to code an image whose estimated peak memory is over the budget."""
-    budget = memory_budget(budget)
-    if ACTIVATION_FACTOR * 12 * padded_pixels(width, height) > budget:  # over budget whatever the network: no probe
-        need = ACTIVATION_FACTOR * 12 * padded_pixels(width, height)
-    else:
-        need = coding_bytes(net, width, height, lmbda, registry, groups)
-    if need > budget:
-        raise ResourceError(f"{what} a {width}x{height} image with this model needs about {human_bytes(need)} of "
-                            f"memory, more than the budget of {human_bytes(budget)}; set {MEMORY_BUDGET_ENV} "
-                            "(e.g. 16G) on a machine that has it, or use a smaller image")
 
 
 PROBE_WIDTH = 16  # the widest size a scaled-down build uses to count parameters
@@ -193,42 +102,3 @@ def allocation_failures(what: str) -> Iterator[None]:
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise ResourceError(f"out of memory while {what} ({first}); free memory or lower the work "
                             f"(a smaller image, or {MEMORY_BUDGET_ENV} to refuse such work early)") from None
-
-
-# -- what entropy-coded strings can carry -------------------------------------------------------------------------
-def min_bits_per_symbol(quantized_cdf: torch.Tensor, cdf_length: torch.Tensor) -> torch.Tensor:
-    """For each table row: the fewest bits rANS can spend on one of its symbols, ``log2(2**16 / largest f)``."""
-    cdf = quantized_cdf.to(torch.int64)
-    freq = cdf[:, 1:] - cdf[:, :-1]
-    valid = torch.arange(freq.shape[1], device=freq.device)[None] < (cdf_length.to(torch.int64)[:, None] - 1)
-    largest = torch.where(valid, freq, torch.zeros_like(freq)).amax(dim=1).clamp(1, 2**RANS_PRECISION)
-    return RANS_PRECISION - torch.log2(largest.double())
-
-
-def hyper_latent_bottleneck(net: torch.nn.Module):
-    """The EntropyBottleneck that codes the last string group at the header's latent shape, for CompressAI's own
-    architectures (FactorizedPrior codes y with it; the hyperprior models code z with it); else None."""
-    from compressai.entropy_models import EntropyBottleneck
-
-    eb = getattr(net, "entropy_bottleneck", None)
-    if not isinstance(eb, EntropyBottleneck) or not type(net).__module__.startswith("compressai.models"):
-        return None
-    if eb._quantized_cdf.numel() == 0 or eb._cdf_length.numel() != eb._quantized_cdf.shape[0]:
-        return None
-    return eb
-
-
-def check_string_capacity(net: torch.nn.Module, shape: tuple[int, ...], strings: list[list[bytes]],
-                          width: int, height: int) -> None:
-    """Refuse a header whose latent shape needs more bits than its strings hold (see the module docstring)."""
-    eb = hyper_latent_bottleneck(net)
-    if eb is None or len(shape) != 2 or not strings or len(strings[-1]) != 1:
-        return
-    per_position = float(min_bits_per_symbol(eb._quantized_cdf, eb._cdf_length).sum())
-    # 0.99: rANS rounds each step and renormalises by whole words; the loss per symbol is under 2**-15 of its cost
-    needed = 0.99 * per_position * shape[0] * shape[1]
-    have = 8 * len(strings[-1][0]) + RANS_SLACK_BITS
-    if needed > have:
-        raise BitstreamError(f"damaged .vrtk file: a {width}x{height} image needs at least "
-                             f"{math.ceil((needed - RANS_SLACK_BITS) / 8)} bytes of entropy-coded hyper-latent with "
-                             f"this model, and the file holds {len(strings[-1][0])}")

@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vrtk import __version__
+from vrtk import __version__, folder_check
 from vrtk.errors import ModelError, PluginError
 from vrtk.fileio import write_json_atomic, write_with_atomic
+from vrtk.folder_check import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME
 from vrtk.injection import Site, adapters, freeze_all_but_adapters
 from vrtk.plugin_manager import Registry, get_registry
 from vrtk.zoo import (
@@ -33,11 +34,6 @@ from vrtk.zoo import (
     default_model_dir,
     state_dict_sha256,
 )
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT = "vrtk-model"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -211,7 +207,6 @@ def load_model(path: str | os.PathLike, registry: Registry | None = None, device
     folder names (``package.module:Class``) is imported only with ``allow_code`` (see vrtk/folder_check.py)."""
     from safetensors.torch import load_file
 
-    from vrtk import folder_check
 
     path = Path(path)
     if not is_model_dir(path):

@@ -18,6 +18,7 @@ import pluggy
 from vrtk import hookspecs
 from vrtk.errors import PluginError
 from vrtk.injection import Injector
+from vrtk.zoo import ArchSpec, register_arch, unregister_arch
 
 ENTRY_POINT_GROUP = "vrtk"
 DISABLE_AUTOLOAD_ENV = "VRTK_DISABLE_PLUGIN_AUTOLOAD"
@@ -113,8 +114,6 @@ class Registry:
         return injector.name
 
     def _register_arch(self, spec, owner: str) -> str:
-        from vrtk.zoo import ArchSpec, register_arch
-
         if not isinstance(spec, ArchSpec):
             raise PluginError(f"register() expects a vrtk.zoo.ArchSpec, got {spec!r}")
         register_arch(spec)
@@ -172,8 +171,6 @@ def set_registry(registry: Registry | None) -> None:
     """Replace (or with None, reset) the process-wide registry; tests use this."""
     global _REGISTRY
     if _REGISTRY is not None and registry is not _REGISTRY:
-        from vrtk.zoo import unregister_arch
-
         for arch in _REGISTRY.archs:
             unregister_arch(arch)
     _REGISTRY = registry

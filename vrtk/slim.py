@@ -11,8 +11,8 @@ change. The GDN normalisation of the kept channels does, as it sums every input 
 ``norm_i = beta_i + sum_j gamma_ij x_j^2``. :func:`narrow_link` can fold the removed channels' mean contribution
 ``sum_j gamma_ij E[x_j^2]`` into ``beta_i`` (given the calibration moments); what that costs in quality is measured
 by the caller, not assumed. Which channels to remove is a plugin's business (a gate knows which it closes): the
-core asks plugins through the ``vrtk_slim`` hook (:func:`slim_model`) and offers :func:`assemble` to turn a narrowed
-network into a model of a registered slim architecture.
+core asks plugins through the ``vrtk_slim`` hook (:func:`vrtk.slimming.slim_model`) and offers
+:func:`vrtk.slimming.assemble` to turn a narrowed network into a model of a registered slim architecture.
 """
 
 from __future__ import annotations
@@ -172,44 +172,3 @@ def gdn_moment(gdn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
     values = x.abs() if isinstance(gdn, GDN1) else x * x
     return values.mean(dim=(0, 2, 3))
-
-
-def slim_model(wrapped, images: list[torch.Tensor], settings: dict, registry=None):
-    """Ask the installed plugins for a slim version of ``wrapped`` (hook ``vrtk_slim``): (WrappedModel, report).
-
-    ``images``: calibration images, each (1, 3, H, W) padded as the codec pads them."""
-    from vrtk.plugin_manager import get_registry
-
-    registry = registry or get_registry()
-    answers = registry.call("vrtk_slim", model=wrapped, images=images, settings=dict(settings))
-    if not answers:
-        names = ", ".join(p.name for p in wrapped.plugins) or "none"
-        raise ModelError(f"no installed plugin can slim this model (plugins: {names}): slimming removes the channels "
-                         "a gating plugin (ecg) closes, so the model must have gates")
-    if len(answers) > 1:
-        raise ModelError(f"several plugins offer to slim this model ({', '.join(n for n, _ in answers)}); "
-                         "slim it with one of them at a time")
-    return answers[0][1]
-
-
-def assemble(wrapped, net: nn.Module, widths: dict[str, int], plugins: list, extra: dict, registry=None):
-    """A WrappedModel of the registered slim architecture with ``widths``, ``plugins`` injected in order and the
-    tensors of the narrowed ``net`` loaded strictly: what ``load_model`` will build from its folder."""
-    from vrtk.model import WrappedModel, wrap
-    from vrtk.slim_arch import slim_base_spec
-
-    spec = slim_base_spec(wrapped, widths)
-    fresh = wrap(spec, [p.name for p in plugins], {p.name: dict(p.config) for p in plugins}, registry=registry)
-    state = net.state_dict()
-    own = fresh.net.state_dict()
-    wrong = sorted(set(own) ^ set(state)) + [k for k in own if k in state and own[k].shape != state[k].shape
-                                             and k.rsplit(".", 1)[-1] not in ("_quantized_cdf", "_offset",
-                                                                               "_cdf_length", "scale_table")]
-    if wrong:
-        raise ModelError(f"the narrowed network does not fit {spec.arch} {spec.arch_kwargs}: {wrong[:6]}")
-    fresh.net.load_state_dict(state, strict=True)  # CompressionModel resizes the entropy tables
-    fresh.net.update(force=True)
-    for used, planned in zip(fresh.plugins, plugins, strict=True):
-        used.version = planned.version or used.version
-    return WrappedModel(net=fresh.net.eval(), base=spec, plugins=fresh.plugins, sites=fresh.sites,
-                        lambdas=list(wrapped.lambdas), metric=wrapped.metric, extra=extra)

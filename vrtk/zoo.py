@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import hashlib
 import importlib
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vrtk.checks import check_arch_kwargs
 from vrtk.errors import ModelError
+from vrtk.slim_arch import SLIM_BASES, build_slim
+from vrtk.slim_arch import SUFFIX as SLIM_SUFFIX
 
 # CompressAI's MSE lambdas per quality 1..8 (its training recipes; used to name rates).
 COMPRESSAI_MSE_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
@@ -100,11 +105,21 @@ def unregister_arch(name: str) -> None:
     _EXTRA_ARCHS.pop(canonical_name(name), None)
 
 
-def all_archs() -> dict[str, ArchSpec]:
-    from vrtk.slim_arch import slim_archs  # vrtk's own: CompressAI chains with per-layer widths (export --slim)
+@functools.cache
+def _slim_archs() -> dict[str, ArchSpec]:
+    """vrtk's own architectures: CompressAI chains with per-link widths (vrtk/slim_arch.py, export --slim)."""
+    specs = {}
+    for name in SLIM_BASES:
+        base = _compressai_archs()[name]
+        specs[name + SLIM_SUFFIX] = ArchSpec(
+            name + SLIM_SUFFIX, functools.partial(build_slim, name, base.factory), base.sizes,
+            f"{base.paper}, with per-layer widths (vrtk export --slim)", None, source="vrtk")
+    return specs
 
+
+def all_archs() -> dict[str, ArchSpec]:
     archs = dict(_compressai_archs())
-    archs.update(slim_archs())
+    archs.update(_slim_archs())
     archs.update(_EXTRA_ARCHS)
     return archs
 
@@ -135,11 +150,20 @@ def get_arch(name: str) -> ArchSpec:
                      "`--arch package.module:Class`.")
 
 
+def registered_class(path: str):
+    """The registered architecture's class ``package.module:Class`` names, if that module is already imported
+    (so resolving it imports nothing); else None."""
+    module_name, _, attr = path.partition(":")
+    obj = sys.modules.get(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part, None) if obj is not None and part and not part.startswith("_") else None
+    factories = {spec.factory for spec in all_archs().values()}
+    return obj if obj is not None and obj in factories else None
+
+
 def import_class(path: str) -> Callable[..., nn.Module]:
     """Import ``package.module:Class`` (the user asked for this code to run). A registered architecture's class
     that is already imported is returned without importing anything (model folders are checked for this before)."""
-    from vrtk.folder_check import registered_class
-
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise ModelError(f"--arch {path!r}: expected package.module:Class")
@@ -361,7 +385,6 @@ def build_base(spec: BaseSpec) -> nn.Module:
         raise ModelError(f"`{DEFAULT_MODEL_NAME}` is the embedded variable-rate model (a model folder with the bm "
                          f"plugin), not a base architecture; its plain base is `{DEFAULT_BASE_NAME}`. (Model folders "
                          f"made before vrtk 0.2 name the old embedded base, which is no longer shipped.)")
-    from vrtk.folder_check import check_arch_kwargs
     from vrtk.limits import allocation_failures, check_build_memory
 
     state = None

@@ -24,8 +24,8 @@ from vrtk_plugins.ecg.slim import SlimEnergyGate, slim_gate
 
 from vrtk.errors import PluginError
 from vrtk.model import PluginUse
-from vrtk.slim import Link, assemble, find_links, gdn_moment, is_gdn, narrow_link
-from vrtk.slim_arch import slim_base_spec
+from vrtk.slim import Link, find_links, gdn_moment, is_gdn, narrow_link
+from vrtk.slimming import assemble, slim_base_spec
 
 GATED_PLUGINS = ("ecg", "ecg-slim")
 

@@ -1,8 +1,9 @@
-"""Arguments shared by several subcommands (how to name a model, how to name a rate)."""
+"""Arguments shared by several subcommands (how to name a model, how to name a rate) and the command line as typed."""
 
 from __future__ import annotations
 
 import json
+import shlex
 
 from vrtk.errors import ModelError
 
@@ -73,3 +74,27 @@ def parse_options(items: list[str]) -> dict:
             raise VrtkError(f"--option {item!r}: expected KEY=VALUE, e.g. ecg.scale=0.5")
         options[key.strip()] = yaml.safe_load(value)
     return options
+
+
+def command_line(parser, args) -> str:
+    """The command as typed, rebuilt from the parsed arguments (only options that differ from defaults)."""
+    parts = ["vrtk", args.command]
+    for action in parser._actions:
+        if action.dest in ("help", "func", "command"):
+            continue
+        value = getattr(args, action.dest, None)
+        if not action.option_strings:
+            if value is not None:
+                parts.extend(str(v) for v in (value if isinstance(value, list) else [value]))
+            continue
+        if value == action.default or value is None:
+            continue
+        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
+        if value is True and action.nargs == 0:
+            parts.append(flag)
+        elif isinstance(value, list):
+            for v in value:
+                parts += [flag, str(v)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)

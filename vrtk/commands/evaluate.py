@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 
-from vrtk.commands.common import add_model_args, parse_options
+from vrtk.commands.common import add_model_args, command_line, parse_options
 from vrtk.commands.export import add_backend_arg
 from vrtk.errors import VrtkError
 
@@ -18,31 +17,6 @@ def parse_floats(text: str, what: str) -> list[float]:
     if not values:
         raise VrtkError(f"{what}: no values")
     return values
-
-
-
-def command_line(parser, args) -> str:
-    """The command as typed, rebuilt from the parsed arguments (only options that differ from defaults)."""
-    parts = ["vrtk", args.command]
-    for action in parser._actions:
-        if action.dest in ("help", "func", "command"):
-            continue
-        value = getattr(args, action.dest, None)
-        if not action.option_strings:
-            if value is not None:
-                parts.extend(str(v) for v in (value if isinstance(value, list) else [value]))
-            continue
-        if value == action.default or value is None:
-            continue
-        flag = action.option_strings[-1] if action.option_strings[-1].startswith("--") else action.option_strings[0]
-        if value is True and action.nargs == 0:
-            parts.append(flag)
-        elif isinstance(value, list):
-            for v in value:
-                parts += [flag, str(v)]
-        else:
-            parts += [flag, str(value)]
-    return shlex.join(parts)
 
 
 def _print_table(points: list[dict], column: str, values: list) -> None:

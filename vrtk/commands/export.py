@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vrtk.commands.common import add_model_args, load_from_args, parse_options
+from vrtk.commands.common import add_model_args, command_line, load_from_args, parse_options
 from vrtk.commands.slim import add_slim_args
 
 
@@ -11,7 +11,6 @@ def cmd_export(args) -> int:
         from vrtk.commands.slim import cmd_slim_export
 
         return cmd_slim_export(args)
-    from vrtk.commands.evaluate import command_line
     from vrtk.eval.results import load_results
     from vrtk.export.card import rate_text
     from vrtk.export.folder import export_onnx

@@ -86,7 +86,7 @@ def cmd_slim_export(args) -> int:
     from vrtk.fileio import write_json_atomic
     from vrtk.flops import dense_kmacs_per_pixel
     from vrtk.model import load_model, save_model
-    from vrtk.slim import slim_model
+    from vrtk.slimming import slim_model
 
     _check_args(args)
     images = load_calibration(args.calibration, args.calibration_images)
