@@ -21,7 +21,11 @@ fixed-rate curve) and at the same lambda. Variants:
 * per-layer ablation at target 0.6: gates only in g_a, only in g_s, only in h_a/h_s (``targets=`` regexes);
 * recovery at target 0.6, 600 + 600 steps (the same 1,200): sparsify, then hold the gates (ECG's
   ``freeze_gates``, written into a copy of the first model's config: ``train=`` always trains plugin modules, and a
-  loaded model keeps its recorded plugin config) and fine-tune the whole base, or only the decoder (``train=``).
+  loaded model keeps its recorded plugin config) and fine-tune the whole base, or only the decoder (``train=``);
+  and target 0.6 with distillation from the dense base it starts from (``distill=1``, plus ``distill_latent=1``:
+  vrtk/train/distill.py);
+* baseline at equal MACs: static pruning of the same base (``static_prune.py``: every link keeps the channels with
+  the largest filter norms, as many as give t0.6's MACs), then the fixed-rate profile for the same 1,200 steps.
 
 Results: ``<results>/<variant>.json`` (vrtk eval, real bitstreams on Kodak), ``summary.json`` and ``table.md``
 (PSNR drop at matched bpp, same-lambda bpp and PSNR change, mean sparsity, gated-layer and whole-codec MAC
@@ -49,6 +53,7 @@ LAMBDA = 0.0035
 REFERENCE_LAMBDAS = (0.0018, 0.0035, 0.0067)
 STEPS = 1200
 CROP = ["crop=256", "batch=1"]
+STUDY_SIZES, TOY_SIZES = {"N": 64, "M": 96}, {"N": 8, "M": 12}
 TOY_MODEL = ["model=bmshj2018-hyperprior", "weights=random", "arch_kwargs={N: 8, M: 12}"]
 TOY_SCHEDULE = ["synthetic=4", "crop=64", "batch=2", "steps=8", "log_every=2", "ckpt_every=4"]  # wsd needs steps
 ECG = "plugin_config.ecg."
@@ -66,6 +71,7 @@ class Variant:
     what: str
     overrides: list[str] = field(default_factory=list)
     recover: str | None = None
+    prune_like: str | None = None  # static pruning of the base to this variant's MACs, then fixed-rate fine-tuning
 
 
 def target(value: float, *extra: str) -> list[str]:
@@ -90,6 +96,12 @@ VARIANTS = {
                           target(0.6, f"{ECG}targets=['h_[as]\\.[24]']")),
     "recover-t0.6": Variant("recovery", "600 steps to target 0.6, then 600 with the gates held, whole base trains",
                             target(0.6, *HALF), recover="all"),
+    "distill-t0.6": Variant("recovery", "target 0.6 with distillation from the dense base (reconstruction term)",
+                            target(0.6, "distill=1")),
+    "distill-y-t0.6": Variant("recovery", "target 0.6 with distillation of the reconstruction and the latent y",
+                              target(0.6, "distill=1", "distill_latent=1")),
+    "static-t0.6": Variant("baseline", "static pruning (filter norms) of the base to t0.6's MACs, then the "
+                           "fixed-rate profile with train=all", prune_like="t0.6"),
     "recover-t0.6-dec": Variant("recovery", "as recover-t0.6, but only the decoder trains in the second half",
                                 target(0.6, *HALF), recover="g_s\\..*"),
 }
@@ -126,6 +138,13 @@ class Setup:
         weights = self.runs / "base-v0.1.safetensors" if self.dry_run else study_base(self.runs)
         return ["model=bmshj2018-hyperprior", f"weights={weights}", "arch_kwargs={N: 64, M: 96}"]
 
+    def base_cli(self) -> list[str]:
+        """The study base as ``vrtk``-style command-line arguments (MODEL --weights W --arch-kwargs JSON)."""
+        weights = "random" if self.toy else str(self.runs / "base-v0.1.safetensors" if self.dry_run
+                                                 else study_base(self.runs))
+        sizes = TOY_SIZES if self.toy else STUDY_SIZES
+        return ["bmshj2018-hyperprior", "--weights", weights, "--arch-kwargs", json.dumps(sizes)]
+
     def train(self, recipe: str, out: Path, *overrides: str, from_folder: bool = False) -> list[str]:
         shared = [f"out={out}", f"threads={self.threads}", f"data={DATA / 'photos-train'}", *CROP]
         toy = [*TOY_SCHEDULE, *([] if from_folder else TOY_MODEL)] if self.toy else []
@@ -152,6 +171,8 @@ def variant_commands(name: str, setup: Setup) -> list[list[str]]:
         return reference_commands(setup)
     variant = VARIANTS[name]
     out = setup.runs / name
+    if variant.prune_like is not None:
+        return static_commands(name, variant.prune_like, setup)
     first = setup.train("ecg-finetune", out, *setup.base(), f"lambdas=[{LAMBDA}]", *variant.overrides)
     if variant.recover is None:
         return [first, setup.evaluate(out / "model", name, "--name", name)]
@@ -160,6 +181,16 @@ def variant_commands(name: str, setup: Setup) -> list[list[str]]:
     recover = setup.train("ecg-finetune", second, f"model={held}", f"lambdas=[{LAMBDA}]", f"steps={STEPS // 2}",
                           f"train={variant.recover}", from_folder=True)
     return [first, copy, recover, setup.evaluate(second / "model", name, "--name", name)]
+
+
+def static_commands(name: str, like: str, setup: Setup) -> list[list[str]]:
+    """Prune the study base to the MACs of variant ``like`` (its results must exist), fine-tune, evaluate."""
+    start, out = setup.runs / f"{name}-start", setup.runs / name
+    prune = [sys.executable, str(Path(__file__).resolve().parent / "static_prune.py"), *setup.base_cli(),
+             "--match", str(setup.results / f"{like}.json"), "-o", str(start)]
+    train = setup.train("fixed-rate", out, f"model={start}", f"lambdas=[{LAMBDA}]", from_folder=True)
+    model = out / f"lambda-{LAMBDA:g}" / "model"
+    return [prune, train, setup.evaluate(model, name, "--name", name)]
 
 
 def done_marker(name: str, results: Path) -> Path:

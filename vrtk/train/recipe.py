@@ -55,6 +55,8 @@ class RunConfig:
     clip: float = 1.0
     aux_lr: float = 1e-3
     ema: float = 0.0  # decay of timm's ModelEmaV3, 0 = off
+    distill: float = 0.0  # not in the paper: weight of MSE(x_hat, the starting model's x_hat) (train/distill.py)
+    distill_latent: float = 0.0  # not in the paper: weight of MSE(y, the starting model's y)
     # bookkeeping
     seed: int = 0
     threads: int = 0  # 0 = torch's default

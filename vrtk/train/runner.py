@@ -30,6 +30,7 @@ from vrtk.folder_check import check_folder_code
 from vrtk.model import WrappedModel, extend, load_model, model_folder, save_model, trainable_setup, wrap
 from vrtk.plugin_manager import get_registry
 from vrtk.rate import use_rate
+from vrtk.train.distill import Teacher
 from vrtk.train.recipe import RunConfig, default_out_dir
 from vrtk.zoo import COMPRESSAI_MSE_LAMBDAS, COMPRESSAI_MSSSIM_LAMBDAS, BaseSpec
 
@@ -127,17 +128,23 @@ def check_code_reference(config: RunConfig, allow_code: bool, registry) -> None:
                           "timm and compressai are imported from recipes unless you pass --allow-code")
 
 
-def build_for_training(config: RunConfig, lambdas: list[float]) -> WrappedModel:
+def build_for_training(config: RunConfig, lambdas: list[float], with_plugins: bool = True) -> WrappedModel:
+    """The model a run trains; ``with_plugins=False``: the model it starts from, without this run's plugins (the
+    distillation teacher)."""
     registry = get_registry()
     plugin_config = plugin_configs_for(config, lambdas, registry)
     folder = model_folder(config.model)
     if folder is not None:
         wrapped = load_model(folder, registry=registry, allow_code=True)  # run_recipe's check_code_reference gated it
+        if not with_plugins:
+            return wrapped
         wrapped = extend(wrapped, [p for p in config.plugins if p not in [u.name for u in wrapped.plugins]],
                          plugin_config, registry=registry)
     else:
         spec = BaseSpec(arch=config.model, quality=config.quality, metric=config.metric,
                         weights=config.weights, arch_kwargs=dict(config.arch_kwargs))
+        if not with_plugins:
+            return wrap(spec, [], registry=registry)
         wrapped = wrap(spec, list(config.plugins), plugin_config, registry=registry)
     trainable_setup(wrapped, config.train)
     return wrapped
@@ -200,6 +207,7 @@ class Trainer:
         self.optimizer, self.aux_optimizer = self._make_optimizers()
         self.scheduler = self._make_scheduler()
         self.ema = self._make_ema()
+        self.teacher = self._make_teacher() if config.distill or config.distill_latent else None
         from compressai.losses import RateDistortionLoss
 
         self.criterion = RateDistortionLoss(lmbda=lambdas[0], metric=config.distortion)
@@ -249,6 +257,15 @@ class Trainer:
             step_on_epochs=False, updates_per_epoch=1)
         return sched
 
+    def _make_teacher(self) -> Teacher:
+        """The starting model, built under the run's seed as the student was (same weights when they are random),
+        without touching the generator the run goes on with."""
+        cfg = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            start = build_for_training(cfg, self.lambdas, with_plugins=False)
+        return Teacher(start, self.registry, self.device, cfg.distill, cfg.distill_latent)
+
     def _make_ema(self):
         if not self.config.ema:
             return None
@@ -296,6 +313,9 @@ class Trainer:
         """Batches and lambdas depend only on (seed, rank, step): resume and DDP need no generator state."""
         self.gen.manual_seed(hash((self.config.seed, self.dist.rank, self.step)) & 0x7FFF_FFFF_FFFF_FFFF)
 
+    def _watched(self, seen: dict):
+        return self.teacher.watching(self.net, seen) if self.teacher is not None else contextlib.nullcontext()
+
     def _precision(self):
         return bf16_autocast(self.net, self.device.type) if self.autocast else contextlib.nullcontext()
 
@@ -306,7 +326,8 @@ class Trainer:
         total = 0.0
         record: dict = {}
         for lmbda in self._pick_lambdas():
-            with use_rate(self.net, lmbda, self.registry), self._precision():
+            seen: dict = {}
+            with use_rate(self.net, lmbda, self.registry), self._precision(), self._watched(seen):
                 out = self.forward_net(x)
             if self.autocast:  # the distortion in float32, against the float32 input
                 out = {**out, "x_hat": out["x_hat"].float()}
@@ -317,6 +338,10 @@ class Trainer:
                 for name, value in terms.items():
                     loss = loss + value
                     record[f"loss/{plugin}/{name}"] = float(value.detach())
+            if self.teacher is not None:
+                for name, value in self.teacher.terms(x, out["x_hat"], seen, lmbda).items():
+                    loss = loss + value
+                    record[f"loss/{name}"] = float(value.detach())
             total = total + loss
             record.update(lmbda=lmbda, bpp=float(rd["bpp_loss"].detach()))
             if "mse_loss" in rd:
