@@ -153,7 +153,8 @@ class Setup:
 
     def evaluate(self, model: Path, name: str, *extra: str) -> list[str]:
         return ["vrtk", "eval", str(model), "--data", str(self.kodak), "-o", str(self.results / f"{name}.json"),
-                "--threads", str(self.threads), "--no-progress", *extra]
+                "--threads", str(self.threads), "--no-progress", "--repeats", "1", "--metrics", "psnr",
+                *extra]  # the study needs rate, quality and MACs, not timings
 
 
 def reference_commands(setup: Setup) -> list[list[str]]:

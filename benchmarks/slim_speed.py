@@ -8,12 +8,18 @@ in rotating order (so load from other processes hits them alike), after a warm-u
     ecg+sparse    the gated model with ``ecg.sparse`` (plugins/ecg/sparse.py)
     slim          the slim model (always-closed channels removed; its remaining gates on dense kernels)
     slim+sparse   the slim model with ``ecg.sparse`` on its remaining gates
+    dense@ort     with ``--onnx DIR``: the dense model exported (``vrtk export``) and run on onnxruntime
+    slim@ort      with ``--onnx DIR``: the slim model on onnxruntime
+
+The onnxruntime variants code through vrtk's backend view (vrtk/export/view.py: CompressAI's compress/decompress
+with the transforms swapped for onnxruntime sessions, ``--threads`` intra-op threads); ratios are against torch's
+dense model, so ``dense@ort`` shows what the backend alone buys and ``slim@ort`` what both together buy.
 
 Beside each: bpp of the real bitstreams, PSNR, and dense / effective kMACs per pixel of encoder and decoder
 (vrtk.flops, on the same images).
 
     python benchmarks/slim_speed.py --gated runs/ecg/model --slim runs/ecg-slim --data ../shared/data/kodak \\
-        --images 6 --repeats 3 --threads 1
+        --images 6 --repeats 3 --threads 1 [--onnx /tmp/slim-speed-onnx]
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--channels-last", action="store_true", help="run every variant in channels-last memory format")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 while other jobs share the CPU)")
+    p.add_argument("--onnx", default=None, help="a new folder: export dense and slim there, time them on onnxruntime")
     return p.parse_args(argv)
 
 
@@ -65,6 +72,24 @@ def variants(gated, slim) -> dict:
             "slim+sparse": (with_sparse(slim.net, True), ls)}
 
 
+def onnx_variants(gated, slim, dense, folder: Path, threads: int) -> dict:
+    """dense@ort and slim@ort: each model exported to ``folder`` and viewed through onnxruntime sessions."""
+    from vrtk.export.folder import export_onnx
+    from vrtk.export.view import codec_view
+    from vrtk.model import load_model, wrap
+
+    if folder.exists():
+        raise SystemExit(f"--onnx {folder} exists; give a new folder")
+    folder.mkdir(parents=True)
+    found = {}
+    for name, model in (("dense", wrap(gated.base, [], net=copy.deepcopy(dense))), ("slim", slim)):
+        export_onnx(model, folder / name, command=f"benchmarks/slim_speed.py ({name})")
+        exported = load_model(folder / name)
+        lmbda = exported.middle_lambda() if exported.variable_rate else None
+        found[f"{name}@ort"] = (codec_view(exported, "onnxruntime", folder / name, threads=threads).eval(), lmbda)
+    return found
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     import math
 
@@ -76,7 +101,8 @@ def timed_codec(net, x: torch.Tensor):
     t0 = time.perf_counter()
     coded = net.compress(x)
     t1 = time.perf_counter()
-    out = net.decompress(coded["strings"], coded["shape"])["x_hat"]
+    guard = {"guard": coded["guard"]} if "guard" in coded else {}  # the onnxruntime view's index guard
+    out = net.decompress(coded["strings"], coded["shape"], **guard)["x_hat"]
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1, coded, out
 
@@ -92,9 +118,11 @@ def main(argv=None) -> int:
 
     gated, slim = load_model(args.gated), load_model(args.slim)
     nets = variants(gated, slim)
+    if args.onnx:
+        nets.update(onnx_variants(gated, slim, nets["dense"][0], Path(args.onnx), args.threads))
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     for net, _ in nets.values():
-        net.to(memory_format=layout)
+        net.to(memory_format=layout)  # an onnxruntime view holds the model's entropy models only
     images = [(p.name, load_image(p).tensor[None]) for p in list_images(args.data)[:args.images]]
     print(f"# torch threads {torch.get_num_threads()}, {len(images)} images from {args.data}, {args.repeats} repeats "
           f"(median), warm-up {args.warmup}, {'channels-last' if args.channels_last else 'NCHW'} layout")
@@ -121,10 +149,12 @@ def main(argv=None) -> int:
                         bits = 8 * sum(len(s) for group in coded["strings"] for s in group)
                         quality[v]["bpp"].append(bits / (img.shape[-1] * img.shape[-2]))
                         quality[v]["psnr"].append(psnr(unpad(out, unpadding), img))
-            for v, (net, lmbda) in nets.items():
+            for v in nets:
                 times[v]["enc"].append(statistics.median(per[v]["enc"]))
                 times[v]["dec"].append(statistics.median(per[v]["dec"]))
-                counted = measure_codec_macs(net, x, lmbda).kmacs_per_pixel()
+                # MACs are counted on torch modules; an onnxruntime variant does the work of its torch twin
+                twin, twin_lambda = nets[v.split("@")[0]]
+                counted = measure_codec_macs(twin, x, twin_lambda).kmacs_per_pixel()
                 for key in MAC_KEYS:
                     macs[v][key] += counted[key] / len(images)
             print(f"{name}: " + "  ".join(f"{v} {statistics.median(per[v]['enc']):.3f}/"
