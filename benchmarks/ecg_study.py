@@ -149,7 +149,7 @@ class Setup:
         shared = [f"out={out}", f"threads={self.threads}", f"data={DATA / 'photos-train'}", *CROP]
         toy = [*TOY_SCHEDULE, *([] if from_folder else TOY_MODEL)] if self.toy else []
         return ["vrtk", "run", recipe, "profile=cpu", *shared, *overrides, *toy,
-                "--no-progress"]  # overrides before options: argparse takes no positionals after them
+                "--no-progress"]
 
     def evaluate(self, model: Path, name: str, *extra: str) -> list[str]:
         return ["vrtk", "eval", str(model), "--data", str(self.kodak), "-o", str(self.results / f"{name}.json"),

@@ -135,3 +135,14 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_overrides_may_follow_the_options(tmp_path):
+    """`vrtk run RECIPE --no-progress key=value` works as `vrtk run --no-progress RECIPE key=value` does; an
+    unknown option is still refused."""
+    code, out, err = run_cli("run", "fixed-rate", "--no-progress", "profile=test", "steps=1", "lambdas=[0.01]",
+                             f"out={tmp_path / 'run'}")
+    assert code == 0, err
+    assert "model saved: " in out and (tmp_path / "run" / "config.yaml").is_file()
+    code, _, err = run_cli("run", "fixed-rate", "--no-such-option", "profile=test")
+    assert code == 2 and "unrecognized arguments: --no-such-option" in err

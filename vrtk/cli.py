@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    collect = getattr(args, "collect_extra", None)  # e.g. `vrtk run RECIPE --no-progress key=value`
+    if extra and collect and not any(e.startswith("-") for e in extra):
+        getattr(args, collect).extend(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except VrtkError as exc:

@@ -36,7 +36,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
     p.add_argument("--allow-code", action="store_true",
                    help="let the recipe import a model class from outside vrtk/plugins/torch/timm/compressai")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, collect_extra="overrides")  # overrides may also follow the options
 
     p = sub.add_parser("recipes", help="list the recipes")
     p.add_argument("--json", action="store_true")
