@@ -213,17 +213,22 @@ def test_a_fixed_rate_export_codes_at_that_rate_only(tmp_path, tiny_images):
 
 @needs_ecg
 @pytest.mark.parametrize("gate_tile", [4, -1], ids=["tile4", "channel"])
-def test_tile_and_channel_gates_export_with_dynamic_sizes(tmp_path, gate_tile):
+@pytest.mark.parametrize("name", ["g_a", "h_a", "h_s", "g_s"])
+def test_tile_and_channel_gates_export_with_dynamic_sizes(tmp_path, gate_tile, name):
+    """Every transform, h_s included: its input z has any size, so a 4x4 tile may or may not divide it; the
+    exported graph takes one path for every size and matches torch on sizes the sample did not have."""
     wrapped = tiny_model(tmp_path / "m", "bmshj2018-hyperprior", ["ecg"], {"ecg": {"gate_tile": gate_tile}})
     net = wrapped.net
-    sample = _transform_inputs(net, ("g_s",), (128, 192), None, None, seed=0)["g_s"]
-    export_graph("g_s", net.g_s, sample, tmp_path / "g_s.onnx")
-    session = ort.InferenceSession(str(tmp_path / "g_s.onnx"), providers=["CPUExecutionProvider"])
-    for size in ((64, 64), (192, 320)):  # y of 4x4 (tiles cut by the edge) and 12x20
-        y = _transform_inputs(net, ("g_s",), size, None, None, seed=5)["g_s"]
+    transform = getattr(net, name)
+    sample = _transform_inputs(net, (name,), (128, 192), None, None, seed=0)[name]
+    export_graph(name, transform, sample, tmp_path / f"{name}.onnx")
+    session = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+    for size in ((64, 64), (192, 320), (320, 448)):  # y of 4x4 (tiles cut by the edge), 12x20; z of 1x1, 3x5, 5x7
+        x = _transform_inputs(net, (name,), size, None, None, seed=5)[name]
         with torch.no_grad():
-            expected = net.g_s(y)
-        got = torch.from_numpy(session.run(None, {"x": y.numpy()})[0])
+            expected = transform(x)
+        got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+        assert got.shape == expected.shape
         assert (got - expected).abs().max() <= REL_TOL * expected.abs().max()
 
 

@@ -32,6 +32,7 @@ from vrtk_plugins.ecg.sparse import (
     compute_tile,
     sparse_conv,
     supported,
+    tile_energy_any_size,
     tile_sumsq,
 )
 
@@ -145,6 +146,8 @@ class EnergyGate(nn.Module):
         the gate is pure memory traffic next to the convolution it feeds.
         """
         h, w, t = x.shape[-2], x.shape[-1], self.tile
+        if torch.compiler.is_compiling():  # an export with symbolic sizes: one path for every size
+            return tile_energy_any_size(x, t)
         sums = tile_sumsq(x, t)
         if sums is not None:
             return sums / (t * t), sums.sum(dim=(-2, -1)) / (h * w)
@@ -175,9 +178,10 @@ class EnergyGate(nn.Module):
             stat, energy = self.tile_energy(x)
             th = self._threshold_from(energy)
             tile_mask = stat > th[..., None, None]
-            areas = self._tile_areas(x)
-            kept = float((tile_mask * areas).sum()) / (float(areas.sum()) * x.shape[0] * x.shape[1])
-            self.last_sparsity = 1.0 - kept
+            if not torch.compiler.is_compiling():  # bookkeeping, not part of an exported graph
+                areas = self._tile_areas(x)
+                kept = float((tile_mask * areas).sum()) / (float(areas.sum()) * x.shape[0] * x.shape[1])
+                self.last_sparsity = 1.0 - kept
             self.last_tile_mask = tile_mask
             if not apply:
                 return x, tile_mask

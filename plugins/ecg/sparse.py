@@ -93,10 +93,32 @@ def tile_sumsq(x: torch.Tensor, tile: int) -> torch.Tensor | None:
     return rows.view(n, c, h // tile, tile, w // tile).sum(dim=3)
 
 
+def tile_energy_any_size(x: torch.Tensor, tile: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean x^2 of each tile over its pixels inside the input, mean x^2 of each channel) with no branch on the
+    size: what a graph exported with symbolic height and width computes (``avg_pool2d(ceil_mode=True)`` does the
+    same in torch, but ONNX's AveragePool sizes its ceil-mode output otherwise when the input is smaller than a tile).
+    """
+    h, w = x.shape[-2], x.shape[-1]
+    x2 = x * x
+    pad = (0, (-w) % tile, 0, (-h) % tile)
+    sums = F.avg_pool2d(F.pad(x2, pad), tile)
+    inside = F.avg_pool2d(F.pad(torch.ones_like(x2), pad), tile)  # the share of each tile inside the input
+    return sums / inside, x2.mean(dim=(-2, -1))
+
+
+def expand_tile_mask(tile_mask: torch.Tensor, h: int, w: int, tile: int) -> torch.Tensor:
+    """A per-tile mask (N, C, tiles_h, tiles_w) at full resolution (N, C, h, w), by gathering each pixel's tile."""
+    rows = torch.arange(h, device=tile_mask.device) // tile
+    cols = torch.arange(w, device=tile_mask.device) // tile
+    return tile_mask.index_select(-2, rows).index_select(-1, cols)
+
+
 def apply_tile_mask(x: torch.Tensor, tile_mask: torch.Tensor, tile: int) -> torch.Tensor:
     """x with the dead (tile, channel) blocks zeroed (a broadcast over a view when T divides H and W)."""
     n, c, h, w = x.shape
     m = tile_mask.to(x.dtype)
+    if torch.compiler.is_compiling():  # an export with symbolic sizes: one path for every size
+        return x * expand_tile_mask(m, h, w, tile)
     if h % tile == 0 and w % tile == 0:
         if is_channels_last(x):
             v = x.permute(0, 2, 3, 1).reshape(n, h // tile, tile, w // tile, tile, c)

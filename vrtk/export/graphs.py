@@ -54,6 +54,16 @@ def _quiet():
         yield
 
 
+def export_program(graph: nn.Module, args: tuple, dynamic) -> torch.export.ExportedProgram:
+    """``torch.export`` with symbolic sizes that are not specialised to 0 or 1 ("size-oblivious"): a transform
+    whose intermediate size is ceil(H / T) would otherwise get a guard "ceil(H / T) != 1" from its sample and fail
+    to export for every size. Every graph is checked against torch at several sizes afterwards (``verify``)."""
+    from torch.fx.experimental import _config as fx_config
+
+    with fx_config.patch(backed_size_oblivious=True):
+        return torch.export.export(graph, args, dynamic_shapes=dynamic, strict=True)
+
+
 def export_graph(name: str, transform: nn.Module, sample: torch.Tensor, path: Path, box: RateBox | None = None,
                  lmbda: float | None = None, opset: int = OPSET) -> bool:
     """Write ``transform`` as ``path``; ``box``: the rate is an input (``lmbda`` is only the sample's value).
@@ -66,7 +76,7 @@ def export_graph(name: str, transform: nn.Module, sample: torch.Tensor, path: Pa
     dynamic = (dims,) if box is None else (dims, None)
     try:
         with _quiet(), torch.no_grad():
-            program = torch.export.export(graph, args, dynamic_shapes=dynamic, strict=True)
+            program = export_program(graph, args, dynamic)
             for optimize in (True, False):  # onnxscript's optimizer can break a graph (a Clip bound read before it
                 # is computed, seen with gain's two modulators in h_a): then the graph is written unoptimized
                 torch.onnx.export(program, args, str(path), input_names=input_names(box is not None),
@@ -86,16 +96,9 @@ def export_graph(name: str, transform: nn.Module, sample: torch.Tensor, path: Pa
 
 
 def shape_hint(name: str, transform: nn.Module) -> str:
-    """Why shapes could not stay symbolic: code that branches on the input size (ECG tile gates do)."""
-    tiled = [(f"{name}.{path}", m.gate.tile) for path, m in transform.named_modules()
-             if getattr(getattr(m, "gate", None), "tile", 0) > 1]
-    if tiled:
-        where = ", ".join(f"{p} (gate_tile={t})" for p, t in tiled)
-        return (f"the ECG tile gates at {where} take another code path when the tile divides their input size, "
-                f"and with {name}'s input a multiple of only {MULTIPLE[name]} it may or may not; element "
-                "(gate_tile=0) and channel (gate_tile=-1) gates export everywhere, tile gates where the tile "
-                "divides every input")
-    return "a module branches on the input size (torch.export: Constraints violated)"
+    """Why shapes could not stay symbolic."""
+    return (f"a module of {name} branches on the input size (torch.export: Constraints violated); a plugin's module "
+            "must take one path for every size while torch.compiler.is_compiling() is true, as ECG's tile gates do")
 
 
 def _valid(path: Path) -> bool:
