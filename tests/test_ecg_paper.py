@@ -45,6 +45,7 @@ def test_paper_profile_is_the_default_config_and_cpu_profile_pins_its_old_one():
     # what the committed cpu results were trained with (the old defaults) and the non-paper terms they used
     assert (cpu.eps_relative, cpu.alpha_init, cpu.alpha_reduction) == (True, 1e-4, "sum")
     assert (cpu.init_sparsity, cpu.sparsity_target) == (0.3, 0.6)
+    assert cpu.gamma == 0.0  # calibrated alpha: no pull toward the absolute alpha_t (benchmarks/ecg_study.py, t0.6-g0)
 
 
 @pytest.mark.parametrize("recipe", ["bm-finetune", "gain-finetune", "ecg-bm-finetune"])

@@ -48,25 +48,26 @@ def test_variants_change_what_they_name(study, tmp_path):
     assert (paper.init_sparsity, paper.sparsity_target, paper.eps_relative, paper.alpha_init) == (None, 0, False, 0)
     assert (paper.alpha_t, paper.gamma, paper.alpha_reduction) == (1e-4, 1e-4, "mean")
     assert config.lambdas == [0.0035] and config.steps == study.STEPS
-    for name, value in (("t0.3", 0.3), ("t0.7", 0.7)):
-        assert trained_ecg(study, commands(study, tmp_path, name)[0])[1].sparsity_target == value
+    for name, value, gamma in (("t0.4-g0", 0.4, 0.0), ("t0.7-g0", 0.7, 0.0), ("t0.6", 0.6, 1e-4)):
+        ecg = trained_ecg(study, commands(study, tmp_path, name)[0])[1]
+        assert (ecg.sparsity_target, ecg.gamma) == (value, gamma)
     from vrtk.model import plan
     from vrtk.zoo import BaseSpec
 
     spec = BaseSpec("bmshj2018-hyperprior", weights="random", arch_kwargs={"N": 8, "M": 12})
-    for name, sites in (("only-g_a", ["g_a.2", "g_a.4", "g_a.6"]), ("only-g_s", ["g_s.2", "g_s.4", "g_s.6"]),
-                        ("only-hyper", ["h_a.2", "h_a.4", "h_s.2", "h_s.4"])):
+    for name, sites in (("only-g_a-g0", ["g_a.2", "g_a.4", "g_a.6"]), ("only-g_s-g0", ["g_s.2", "g_s.4", "g_s.6"]),
+                        ("only-hyper-g0", ["h_a.2", "h_a.4", "h_s.2", "h_s.4"])):
         ecg = trained_ecg(study, commands(study, tmp_path, name)[0])[1]
         assert plan(spec, ["ecg"], {"ecg": {"targets": ecg.targets}})[0][1] == sites
 
 
 def test_recovery_loads_the_held_copy_even_in_a_toy_run(study, tmp_path):
-    first, copy, recover, evaluate = commands(study, tmp_path, "recover-t0.6-dec", toy=True)
+    first, copy, recover, evaluate = commands(study, tmp_path, "recover-t0.6-dec-g0", toy=True)
     held, out = copy[-1], next(a.split("=", 1)[1] for a in first if a.startswith("out="))
     assert copy[-2] == str(Path(out) / "model")  # the copy is of what the first stage trained
     config, _ = trained_ecg(study, recover)
     assert config.model == held and config.train == r"g_s\..*" and config.steps == 8  # toy schedule, not its model
-    assert evaluate[2] == str(tmp_path / "runs" / "recover-t0.6-dec-recovered" / "model")
+    assert evaluate[2] == str(tmp_path / "runs" / "recover-t0.6-dec-g0-recovered" / "model")
 
 
 def test_freeze_copy_records_held_gates(study, tmp_path):
