@@ -102,6 +102,10 @@ VARIANTS = {
     "only-g_a-g0": Variant("ablation", "gates only in g_a (t0.6-g0)", target(0.6, G_A)),
     "only-g_s-g0": Variant("ablation", "gates only in g_s (t0.6-g0)", target(0.6, G_S)),
     "only-hyper-g0": Variant("ablation", "gates only in h_a and h_s (t0.6-g0)", target(0.6, HYPER)),
+    "budget-0.7-s0.3-g0": Variant("budget", "per-layer budgets from the ablation: target 0.7, g_s only 0.3 "
+                                  "(layer_targets)", target(0.7, f"{ECG}layer_targets={{'g_s\\..*': 0.3}}")),
+    "budget-0.8-s0.3-g0": Variant("budget", "target 0.8, g_s only 0.3", target(0.8, f"{ECG}layer_targets="
+                                                                           f"{{'g_s\\..*': 0.3}}")),
     "recover-t0.6-g0": Variant("recovery", "600 steps of t0.6-g0, then 600 with the gates held, whole base trains",
                                target(0.6, *HALF), recover="all"),
     "recover-t0.6-dec-g0": Variant("recovery", "as recover-t0.6-g0, but only the decoder trains in the second half",

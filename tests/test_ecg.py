@@ -436,3 +436,27 @@ def test_eval_and_report_give_the_gated_layer_reduction(tmp_path):
     assert row["gated_kmacs_dense"] == pytest.approx(dense)
     assert row["gated_reduction"] > 1.3  # about half of each gated input is zero after calibration
     assert "gated layers" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_layer_targets_give_some_layers_their_own_sparsity_target():
+    """``layer_targets`` (not in the paper): the first regex that fully matches a gated layer sets its target; the
+    hinge then pushes only the layers below their own target."""
+    cfg = EcgConfig(sparsity_target=0.6, layer_targets={r"g_s\..*": 0.2, r"h_.*": 0.0}, init_sparsity=0.4,
+                    sparsity_ramp=10)
+    assert (cfg.final_target("g_a.2"), cfg.final_target("g_s.1.4"), cfg.final_target("h_a.2")) == (0.6, 0.2, 0.0)
+    assert cfg.target_at(0, "g_s.4") == pytest.approx(0.2) and cfg.target_at(5, "g_a.2") == pytest.approx(0.5)
+    with pytest.raises(PluginError, match="layer_targets"):
+        EcgConfig(layer_targets={"g_s": 1.5})
+    with pytest.raises(PluginError, match="regex"):
+        EcgConfig(layer_targets={"g_s[": 0.3})
+    wrapped = tiny(configs={"ecg": {"init_sparsity": 0.3, "sparsity_target": 0.0, "layer_targets": {r"g_a\..*": 0.9}}})
+    net = wrapped.net.train()
+    net(images())
+    net(images())
+    penalty = dict(get_registry().call("vrtk_loss_terms", model=net, step=10**6))["ecg"]["sparsity"]
+    for _, m in ecg_modules(net):
+        m.gate.alpha.grad = None
+    penalty.backward()
+    pushed = {name for name, m in ecg_modules(net)
+              if m.gate.alpha.grad is not None and m.gate.alpha.grad.abs().sum() > 0}
+    assert pushed and all(name.startswith("g_a.") for name in pushed)  # only g_a has a target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from vrtk.errors import PluginError
@@ -56,7 +57,9 @@ class EcgConfig:
     ``sparsity_target`` is set (not in the paper), ``sparsity_weight`` * sum over layers of
     max(0, target - sparsity)^2 is added, where the sparsity is the measured (hard) zero fraction with the
     gradient of the soft mask; the target rises linearly from ``init_sparsity`` (or 0) to ``sparsity_target`` over
-    ``sparsity_ramp`` steps.
+    ``sparsity_ramp`` steps. ``layer_targets`` (not in the paper) gives some layers their own target: ``{regex:
+    target}``, the first regex that fully matches a gated layer's name wins (e.g. ``{"g_s\\..*": 0.3}``: the
+    synthesis transform, which the study found least tolerant of zeros, gated less than the rest).
 
     Recovery: ``freeze_gates`` (not in the paper) holds alpha and the ECA weights where they are (no gradient, no
     alpha term) while the base fine-tunes around the gates; ``train=`` cannot do it, as it always trains plugins.
@@ -77,6 +80,7 @@ class EcgConfig:
     sparsity_target: float = 0.0  # 0 = no sparsity penalty (the paper's loss only); > 0 is not in the paper
     sparsity_weight: float = 1.0
     sparsity_ramp: int = 0
+    layer_targets: dict[str, float] = field(default_factory=dict)  # not in the paper: {regex: sparsity target}
     gate_tile: int = 0  # 0: element-wise (paper); T > 0: per channel and T x T tile; -1: per channel (deviations)
     freeze_gates: bool = False  # not in the paper: alpha and the ECA weights get no gradient (recovery fine-tuning)
 
@@ -91,6 +95,13 @@ class EcgConfig:
             raise PluginError(f"ecg: init_sparsity must be in [0, 1), not {self.init_sparsity}")
         if not 0.0 <= float(self.sparsity_target) < 1.0:
             raise PluginError(f"ecg: sparsity_target must be in [0, 1), not {self.sparsity_target}")
+        for pattern, value in dict(self.layer_targets).items():
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as exc:
+                raise PluginError(f"ecg: layer_targets key {pattern!r} is not a regex ({exc})") from None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise PluginError(f"ecg: layer_targets[{pattern!r}] must be a sparsity in [0, 1), not {value!r}")
         if int(self.gate_tile) < CHANNEL:
             raise PluginError(f"ecg: gate_tile must be 0 (element-wise), a tile size, or {CHANNEL} (whole "
                               f"channels), not {self.gate_tile}")
@@ -101,9 +112,17 @@ class EcgConfig:
         if isinstance(self.exclude, str):
             self.exclude = [self.exclude]
 
-    def target_at(self, step: int) -> float:
-        """The sparsity target at a training step (the linear ramp)."""
-        start = min(float(self.init_sparsity or 0.0), self.sparsity_target)
+    def final_target(self, layer: str) -> float:
+        """The sparsity target of a gated layer: its ``layer_targets`` entry, else ``sparsity_target``."""
+        for pattern, value in self.layer_targets.items():
+            if re.fullmatch(pattern, layer):
+                return float(value)
+        return float(self.sparsity_target)
+
+    def target_at(self, step: int, layer: str = "") -> float:
+        """The sparsity target of ``layer`` at a training step (the linear ramp)."""
+        final = self.final_target(layer)
+        start = min(float(self.init_sparsity or 0.0), final)
         if self.sparsity_ramp <= 0 or step >= self.sparsity_ramp:
-            return float(self.sparsity_target)
-        return start + (self.sparsity_target - start) * step / self.sparsity_ramp
+            return final
+        return start + (final - start) * step / self.sparsity_ramp

@@ -187,17 +187,17 @@ def alpha_term(gate) -> torch.Tensor:
 @hookimpl
 def vrtk_loss_terms(model, step):
     """``alpha``: the alpha term summed over gated layers (paper); ``sparsity``: the hinge on the measured
-    sparsity (only with a ``sparsity_target``, not in the paper)."""
+    sparsity (only with a ``sparsity_target`` or ``layer_targets``, not in the paper)."""
     modules = ecg_modules(model)
     if not modules:
         return None
     terms = {"alpha": sum(alpha_term(m.gate) for _, m in modules)}
     penalties = []
-    for _, m in modules:
+    for name, m in modules:
         cfg, measured = m.gate.config, m.gate.last_sparsity_for_loss
         m.gate.last_sparsity_for_loss = None  # used once: do not keep the graph of an old step alive
-        if cfg.sparsity_target > 0 and measured is not None:
-            penalties.append(cfg.sparsity_weight * torch.relu(cfg.target_at(int(step)) - measured).square())
+        if cfg.final_target(name) > 0 and measured is not None:
+            penalties.append(cfg.sparsity_weight * torch.relu(cfg.target_at(int(step), name) - measured).square())
     if penalties:
         terms["sparsity"] = sum(penalties)
     return terms
