@@ -1,5 +1,5 @@
-"""Where does ECG's quality go? A controlled study at one budget (issue 15, section 2). Prepared; NOT YET RUN: no
-result of it exists yet, and nothing here claims one.
+"""Where does ECG's quality go? A controlled study at one budget (issue 15, section 2). Results: results/ecg-study/
+(table.md, summary.json, one JSON per model, commands.log); the README's ECG section reads them.
 
     python benchmarks/ecg_study.py --list                 # the variants, what each tests, their overrides
     python benchmarks/ecg_study.py --dry-run              # every command, checked by vrtk's recipe resolver, none run
@@ -10,15 +10,19 @@ result of it exists yet, and nothing here claims one.
 
 Every model fine-tunes the same base (vrtk 0.1's embedded N=64/M=96 model from git history, as base_study.py
 does, so the study does not move when the shipped default does) with the recipes' cpu profiles, changing only
-the keys a variant names, at lambda 0.0035, 1 x 256^2 crops per step (the pixels of 16 x 64^2: base_study found
-64^2 crops leave the hyperprior untrained), 1,200 steps per model. The reference is the ``fixed-rate`` profile
-trained the same way at three lambdas, so that a gated model can be compared at matched bpp (PCHIP on the
+the keys a variant names (the target-based variants pin the cpu profile's old ECG settings), at lambda 0.0035,
+1 x 256^2 crops per step (the pixels of 16 x 64^2: base_study found 64^2 crops leave the hyperprior untrained),
+1,200 steps per model. The reference is the ``fixed-rate`` profile trained the same way at three lambdas, so that
+a gated model can be compared at matched bpp (PCHIP on the
 fixed-rate curve) and at the same lambda. Variants:
 
-* frontier: the cpu profile's sparsity-target loss at targets 0.3, 0.5, 0.6, 0.7; the paper's loss taken
-  literally (alpha from 0 toward alpha_t = gamma = 1e-4, no calibration, no target); and the paper's loss form
-  with a larger alpha_t and gamma (values not from the paper), since 1e-4 barely moves alpha here;
-* per-layer ablation at target 0.6: gates only in g_a, only in g_s, only in h_a/h_s (``targets=`` regexes);
+* frontier: the sparsity-target loss of the cpu profile as it was before this study (TARGET_PROFILE: alpha
+  calibrated to 30 % zeros, a target ramped over 800 steps) at targets 0.4-0.7, without the alpha term (``-g0``)
+  and, for t0.6, with it; the paper's loss taken literally (alpha from 0 toward alpha_t = gamma = 1e-4, no
+  calibration, no target); and the paper's loss form with a larger alpha_t and gamma (values not from the paper),
+  since 1e-4 barely moves alpha here (``paper-at*``; 5e-3 became the cpu profile);
+* per-layer ablation at target 0.6: gates only in g_a, only in g_s, only in h_a/h_s (``targets=`` regexes), and
+  per-layer budgets from it (``layer_targets``: g_s at 0.3, the rest at 0.7 or 0.8);
 * recovery at target 0.6, 600 + 600 steps (the same 1,200): sparsify, then hold the gates (ECG's
   ``freeze_gates``, written into a copy of the first model's config: ``train=`` always trains plugin modules, and a
   loaded model keeps its recorded plugin config) and fine-tune the whole base, or only the decoder (``train=``);
@@ -58,8 +62,12 @@ TOY_MODEL = ["model=bmshj2018-hyperprior", "weights=random", "arch_kwargs={N: 8,
 TOY_SCHEDULE = ["synthetic=4", "crop=64", "batch=2", "steps=8", "log_every=2", "ckpt_every=4"]  # wsd needs steps
 ECG = "plugin_config.ecg."
 PAPER = [f"{ECG}init_sparsity=null", f"{ECG}sparsity_target=0", f"{ECG}eps_relative=false", f"{ECG}alpha_init=0",
-         f"{ECG}alpha_reduction=mean", f"{ECG}gamma=1e-4"]
+         f"{ECG}alpha_reduction=mean", f"{ECG}alpha_t=1e-4", f"{ECG}gamma=1e-4"]
 REFERENCE_GROUP = "fixed-rate (256^2 crops)"
+# The ECG settings of the ecg-finetune cpu profile before this study (the target-based variants build on them; the
+# profile now ships the paper's loss form with alpha_t 5e-3, the study's paper-at5e-3)
+TARGET_PROFILE = [f"{ECG}init_sparsity=0.3", f"{ECG}sparsity_ramp=800", f"{ECG}sparsity_weight=1.0",
+                  f"{ECG}eps_relative=true", f"{ECG}alpha_init=1e-4", f"{ECG}alpha_reduction=sum"]
 
 
 @dataclass
@@ -80,7 +88,7 @@ def target(value: float, *extra: str, alpha_term: bool = False) -> list[str]:
     the profile calibrates alpha to each channel's energy (init_sparsity), and the term then pulls it toward
     alpha_t = 1e-4 in absolute units -- on the study base up to 1.5e10 of loss, whose gradient takes over the
     global gradient-norm clipping and so shrinks every other gradient (variant t0.6)."""
-    return [f"{ECG}sparsity_target={value}", f"{ECG}gamma={1e-4 if alpha_term else 0}", *extra]
+    return [*TARGET_PROFILE, f"{ECG}sparsity_target={value}", f"{ECG}gamma={1e-4 if alpha_term else 0}", *extra]
 
 
 HALF = [f"steps={STEPS // 2}", f"{ECG}sparsity_ramp={STEPS // 3}"]
@@ -113,6 +121,12 @@ VARIANTS = {
     "paper": Variant("frontier", "the paper's loss and values: alpha 0 -> alpha_t = gamma = 1e-4", PAPER),
     "paper-at1e-3": Variant("frontier", "the paper's loss form, alpha_t 1e-3, gamma 1 (not the paper's values)",
                             [*PAPER, f"{ECG}alpha_t=1e-3", f"{ECG}gamma=1.0"]),
+    "paper-at3e-3": Variant("frontier", "the paper's loss form, alpha_t 3e-3, gamma 1 (not the paper's values)",
+                            [*PAPER, f"{ECG}alpha_t=3e-3", f"{ECG}gamma=1.0"]),
+    "paper-at5e-3": Variant("frontier", "the paper's loss form, alpha_t 5e-3, gamma 1 (not the paper's values)",
+                            [*PAPER, f"{ECG}alpha_t=5e-3", f"{ECG}gamma=1.0"]),
+    "paper-at2e-2": Variant("frontier", "the paper's loss form, alpha_t 2e-2, gamma 1 (not the paper's values)",
+                            [*PAPER, f"{ECG}alpha_t=2e-2", f"{ECG}gamma=1.0"]),
     "paper-at1e-2": Variant("frontier", "the paper's loss form, alpha_t 1e-2, gamma 1 (not the paper's values)",
                             [*PAPER, f"{ECG}alpha_t=1e-2", f"{ECG}gamma=1.0"]),
 }
