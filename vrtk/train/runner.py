@@ -496,6 +496,23 @@ def run_recipe(config: RunConfig, resume: bool = False, progress: bool = True, a
     if config.threads:
         torch.set_num_threads(config.threads)
     dist_info = init_distributed(pick_device(config.device))
+    try:
+        return _run_stages(config, dist_info, resume, progress)
+    finally:
+        _close_distributed(dist_info)
+
+
+def _close_distributed(dist_info: DistInfo) -> None:
+    """Tear the process group down before exit: a gloo group left alive aborts the interpreter at exit now and
+    then ("terminate called without an active exception"), failing a run that finished."""
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # no barrier: after a failure on one rank it would wait forever
+            dist.destroy_process_group()
+
+
+def _run_stages(config: RunConfig, dist_info: DistInfo, resume: bool, progress: bool) -> list[Path]:
     if dist_info.main:
         out = prepare_run_dir(config, resume)
     _barrier(dist_info)
