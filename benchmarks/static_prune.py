@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from vrtk.commands.common import add_model_args, load_from_args
+from vrtk.commands.slim import load_calibration
 from vrtk.eval.report import _total, gated_layer_kmacs, load_curves
 from vrtk.flops import dense_kmacs_per_pixel
-from vrtk.images import list_images, load_image
 from vrtk.model import save_model
 from vrtk.slim import conv_of, find_links, gdn_moment, is_gdn, narrow_link
 from vrtk.slimming import assemble, slim_base_spec
@@ -104,14 +104,9 @@ def find_keep(wrapped, moments, target: float) -> float:
 
 
 def calibration_images(folder: str | None, count: int) -> list[torch.Tensor]:
-    if not folder:
-        return []
-    images = []
-    for path in list_images(folder)[:count]:
-        image = load_image(path).tensor
-        image = image if image.dim() == 4 else image.unsqueeze(0)
-        images.append(image[..., :CALIBRATION_SIDE, :CALIBRATION_SIDE])
-    return images
+    """The first ``count`` images of ``folder`` as ``vrtk export --slim`` loads them, top-left 256 x 256 of each."""
+    side = CALIBRATION_SIDE
+    return [image[None, :, :side, :side] for image in load_calibration(folder, count)] if folder else []
 
 
 def main() -> int:
