@@ -6,10 +6,11 @@ Three implementations run the same sweep (Pillow's qualities 5..95 on every imag
 per image as ``vrtk eval`` does):
 
 - ``pytorch_msssim``: vrtk's measurement before issue 18 (PSNR, then ``pytorch_msssim.ms_ssim`` per image);
-- ``vrtk``: :func:`vrtk.eval.measure.quality` (one channels-last separable filter call per scale);
+- ``vrtk``: :class:`vrtk.eval.measure.QualityMeter` (the original's maps filtered once per image, one
+  channels-last separable filter call per scale and decoding);
 - ``psnr only``: ``vrtk eval --metrics psnr``.
 
-They are interleaved quality by quality, so a change in machine load hits all three alike: the ratio is the
+They are interleaved image by image, so a change in machine load hits all three alike: the ratio is the
 result, the absolute times depend on the machine. The per-image MS-SSIM values of the two implementations are
 compared (the largest absolute difference is printed; the bound is 1e-4), as are the PSNRs.
 """
@@ -28,7 +29,7 @@ import torch
 from vrtk.codec import psnr
 from vrtk.eval.classical import DEFAULT_QUALITIES, evaluate_classical
 from vrtk.eval.evaluate import load_eval_images
-from vrtk.eval.measure import MS_SSIM_MIN_SIDE, quality, to_8bit
+from vrtk.eval.measure import MS_SSIM_MIN_SIDE, QualityMeter, to_8bit
 from vrtk.fileio import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,35 +49,46 @@ def legacy_quality(original: torch.Tensor, decoded: torch.Tensor, metrics) -> tu
     return value, float(ms_ssim(original, decoded, data_range=1.0))
 
 
-VARIANTS = {  # name -> (measure, metrics)
-    "pytorch_msssim": (legacy_quality, ("psnr", "ms-ssim")),
-    "vrtk": (quality, ("psnr", "ms-ssim")),
-    "psnr only": (quality, ("psnr",)),
+def legacy_meter(original: torch.Tensor, metrics):
+    return lambda decoded: legacy_quality(original, decoded, metrics)
+
+
+VARIANTS = {  # name -> (meter factory, metrics)
+    "pytorch_msssim": (legacy_meter, ("psnr", "ms-ssim")),
+    "vrtk": (QualityMeter, ("psnr", "ms-ssim")),
+    "psnr only": (QualityMeter, ("psnr",)),
 }
 
 
-class Timed:
-    """A measure function that also adds up the time spent inside it (the quality share of the sweep)."""
+class TimedMeter:
+    """A meter factory whose meters add up the time spent inside them (the quality share of the sweep)."""
 
-    def __init__(self, fn):
-        self.fn, self.seconds = fn, 0.0
+    def __init__(self, factory):
+        self.factory, self.seconds = factory, 0.0
 
-    def __call__(self, original, decoded, metrics):
-        start = time.perf_counter()
-        try:
-            return self.fn(original, decoded, metrics)
-        finally:
-            self.seconds += time.perf_counter() - start
+    def __call__(self, original, metrics):
+        meter = self.factory(original, metrics)
+
+        def timed_meter(decoded):
+            start = time.perf_counter()
+            try:
+                return meter(decoded)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed_meter
 
 
 def sweep(codec: str, images, qualities, repeats: int) -> dict[str, dict]:
-    """Every variant over the qualities, interleaved quality by quality; wall time, quality time, records."""
-    out = {name: {"seconds": 0.0, "records": [], "measure": Timed(fn)} for name, (fn, _) in VARIANTS.items()}
-    for q in qualities:
+    """Every variant over every quality, interleaved image by image; wall time, quality time, records."""
+    out = {name: {"seconds": 0.0, "records": [], "measure": TimedMeter(factory)}
+           for name, (factory, _) in VARIANTS.items()}
+    for image in images:
         for name, (_, metrics) in VARIANTS.items():
             entry = out[name]
             start = time.perf_counter()
-            _, records, _ = evaluate_classical(codec, images, [q], repeats, metrics=metrics, measure=entry["measure"])
+            _, records, _ = evaluate_classical(codec, [image], qualities, repeats, metrics=metrics,
+                                               meter=entry["measure"])
             entry["seconds"] += time.perf_counter() - start
             entry["records"].extend(records)
     return out
@@ -109,6 +121,16 @@ def report(codec: str, result: dict[str, dict], n_images: int, n_qualities: int)
     return lines
 
 
+def user_sweeps(codec: str, images, qualities, settings: list[tuple[int, int]]) -> list[str]:
+    """The sweep as ``vrtk eval --codec`` runs it (MS-SSIM included), wall seconds per (repeats, workers)."""
+    lines = [f"  vrtk eval --codec {codec} as a user runs it, {len(images)} images x {len(qualities)} qualities:"]
+    for repeats, workers in settings:
+        start = time.perf_counter()
+        evaluate_classical(codec, images, qualities, repeats, workers=workers)
+        lines.append(f"    --repeats {repeats} --workers {workers}: {time.perf_counter() - start:6.1f} s")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DATA), help="image folder (default: Kodak)")
@@ -117,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qualities", default=None, help="comma-separated (default 5..95 in steps of 5)")
     parser.add_argument("--repeats", type=int, default=3, help="timed codec runs per image (vrtk eval's default)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="processes for the last timing of the user-facing sweep (default: one per CPU)")
     parser.add_argument("-o", "--output", default=None, help="also write the output to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -128,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(lines), flush=True)
     for codec in [c.strip() for c in args.codecs.split(",") if c.strip()]:
         block = report(codec, sweep(codec, images, qualities, args.repeats), len(images), len(qualities))
+        block += user_sweeps(codec, images, qualities, [(args.repeats, 1), (1, 1), (1, args.workers)])
         print("\n".join(block), flush=True)
         lines += block
-    tail = (f"# load average at end {os.getloadavg()[0]:.1f}: the three measurements ran interleaved quality by "
-            "quality, so compare ratios; absolute seconds depend on the machine and its load")
+    tail = (f"# load average at end {os.getloadavg()[0]:.1f}: the three measurements ran interleaved image by "
+            "image, so compare ratios; absolute seconds depend on the machine and its load")
     print(tail)
     lines.append(tail)
     if args.output:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import run_cli
 from PIL import Image
 from pytorch_msssim import ms_ssim as reference_ms_ssim
@@ -15,7 +16,7 @@ from vrtk.data import synthetic_images
 from vrtk.errors import VrtkError
 from vrtk.eval.classical import decode, encode, evaluate_classical
 from vrtk.eval.evaluate import EvalImage
-from vrtk.eval.measure import MS_SSIM_MIN_SIDE, ms_ssim, parse_metrics, quality, to_8bit
+from vrtk.eval.measure import MS_SSIM_MIN_SIDE, QualityMeter, halve, ms_ssim, parse_metrics, quality, to_8bit
 from vrtk.images import to_pil
 
 TOLERANCE = 1e-4  # the issue's bound; on Kodak the largest difference is ~2.5e-5
@@ -102,16 +103,42 @@ def test_parse_metrics():
         parse_metrics("psnr,ssim")
 
 
-def test_quality_is_measured_once_per_decoded_image_not_per_repeat():
+def test_quality_is_measured_once_per_decoded_image_and_the_original_once_per_image():
     images = [EvalImage(f"im{i}", im.float() / 255) for i, im in enumerate(synthetic_images(2, 64, 72, seed=2))]
-    calls = []
+    originals, calls = [], []
 
-    def counting(original, decoded, metrics):
-        calls.append(metrics)
-        return quality(original, decoded, metrics)
+    def counting(original, metrics):
+        originals.append(original)
+        meter = QualityMeter(original, metrics)
 
-    evaluate_classical("jpeg", images, [20, 80], repeats=3, metrics=("psnr",), measure=counting)
+        def measure(decoded):
+            calls.append(metrics)
+            return meter(decoded)
+
+        return measure
+
+    points, records, _ = evaluate_classical("jpeg", images, [20, 80], repeats=3, metrics=("psnr",),
+                                            meter=counting)
     assert calls == [("psnr",)] * 4
+    assert [o.shape for o in originals] == [(1, 3, 64, 72)] * 2
+    assert [(r["quality"], r["image"]) for r in records] == [(20, "im0"), (20, "im1"), (80, "im0"), (80, "im1")]
+    assert points[0]["bpp"] < points[1]["bpp"]
+
+
+def test_a_reference_reused_across_decodings_gives_what_a_fresh_computation_gives():
+    """The sweep builds the original's MS-SSIM share once and reuses it; every reuse must equal a fresh call, and
+    the strided 2x2 pooling must equal avg_pool2d on odd and even sides."""
+    original = structured(171, 190)
+    meter = QualityMeter(original)
+    for codec, q in [("jpeg", 10), ("webp", 60), ("jpeg", 90)]:
+        decoded = decode(encode(to_pil(original[0]), codec, q))[None]
+        reused = meter(decoded)
+        assert reused == quality(original, decoded)
+        assert reused[1] == pytest.approx(float(reference_ms_ssim(original, to_8bit(decoded), data_range=1.0)),
+                                          abs=TOLERANCE)
+    for h, w in [(7, 9), (8, 9), (7, 8), (10, 10)]:
+        t = torch.rand(1, 3, h, w).contiguous(memory_format=torch.channels_last)
+        assert torch.equal(halve(t), F.avg_pool2d(t, 2, padding=[h % 2, w % 2]))
 
 
 @pytest.fixture
@@ -146,3 +173,28 @@ def test_eval_metrics_psnr_skips_ms_ssim(image_folder, tmp_path):
 def test_eval_metrics_typo_is_a_clear_error(image_folder):
     code, _, err = run_cli("eval", "--codec", "jpeg", "--data", str(image_folder), "--metrics", "psnr,msssim")
     assert code == 2 and "unknown metric" in err and "ms-ssim" in err
+
+
+def test_workers_sweep_the_same_values_in_parallel(image_folder, tmp_path):
+    """--workers 2 runs the real process pool: sizes and qualities equal a one-process sweep, in the same order."""
+    common = ("eval", "--codec", "webp", "--qualities", "30,80", "--data", str(image_folder), "--repeats", "1",
+              "--no-progress")
+    outputs = {}
+    for workers in (1, 2):
+        path = tmp_path / f"w{workers}.json"
+        code, _, err = run_cli(*common, "--workers", str(workers), "-o", str(path), "--per-image",
+                               str(tmp_path / f"w{workers}-images.json"))
+        assert code == 0, err
+        outputs[workers] = json.loads(path.read_text())
+        assert outputs[workers]["vrtk"]["environment"]["workers"] == workers
+    for key in ("bpp", "psnr-rgb", "ms-ssim-rgb"):
+        assert outputs[1]["results"][key] == outputs[2]["results"][key]
+    one, two = (json.loads((tmp_path / f"w{w}-images.json").read_text()) for w in (1, 2))
+    def without_times(document):
+        return [{k: v for k, v in r.items() if not k.endswith("_time")} for r in document["images"]]
+
+    assert len(one["images"]) == 4 and without_times(one) == without_times(two)
+    code, _, err = run_cli(*common, "--workers", "0")
+    assert code != 0 and "--workers must be at least 1" in err
+    code, _, err = run_cli("eval", "default", "--data", str(image_folder), "--workers", "2", "--no-progress")
+    assert code != 0 and "--workers applies to --codec" in err

@@ -101,11 +101,13 @@ def _eval_classical(args, images, command):
         raise VrtkError("--lambda/--lambdas/--option apply to models, not to --codec")
     qualities = [int(q) for q in parse_floats(args.qualities, "--qualities")] if args.qualities else DEFAULT_QUALITIES
     points, records, memory_kind = evaluate_classical(codec, images, qualities, args.repeats,
-                                                      progress=not args.no_progress, metrics=args.metrics)
+                                                      progress=not args.no_progress, metrics=args.metrics,
+                                                      workers=args.workers)
     name = args.name or codec.upper()
     meta = {"kind": "classical", "variable_rate": False, "codec": codec, "group": args.group or name,
             "library": f"Pillow {pillow_version()}", "command": command,
-            "dataset": dataset_meta(args.data, images), "environment": environment_meta("cpu", args.repeats),
+            "dataset": dataset_meta(args.data, images),
+            "environment": {**environment_meta("cpu", args.repeats), "workers": args.workers},
             "memory": memory_kind, "metrics": list(args.metrics)}
     description = args.description or f"{codec.upper()} (Pillow {pillow_version()}), quality sweep, vrtk eval"
     return results_document(name, description, points, {"quality": qualities}, meta), records, "quality", qualities
@@ -130,6 +132,8 @@ def _eval_model(args, images, command):
 
     if args.qualities:
         raise VrtkError("--qualities applies to --codec, not to models (use --lambda/--lambdas/--n-points)")
+    if args.workers != 1:
+        raise VrtkError("--workers applies to --codec sweeps; a model uses --threads")
     wrapped = load_from_args(args)
     untrained = untrained_rate_warning(wrapped.net)
     if untrained:  # a sweep of such a model is one point repeated
@@ -219,6 +223,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--metrics", default=None, metavar="psnr[,ms-ssim]",
                    help="quality metrics to measure (default: psnr,ms-ssim); `psnr` skips MS-SSIM, the slow one")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the timings")
+    p.add_argument("--workers", type=int, default=1,
+                   help="--codec: images swept at once in separate processes (one per free core); divides the "
+                        "wall time, but each codec run is then timed beside the others")
     add_backend_arg(p)
     p.add_argument("--name", default=None, help="curve name (default: from the model or codec)")
     p.add_argument("--group", default=None,

@@ -7,9 +7,10 @@ padding on odd sides, ReLU on the contrast terms).
 
 MS-SSIM is computed here rather than by calling pytorch_msssim because evaluation spent 95 % of its time there:
 it filters five maps per scale in five separate grouped convolutions in NCHW, where PyTorch's CPU depthwise
-kernel is slow. :func:`ms_ssim` stacks the four maps it needs (x, y, x^2 + y^2, xy) into one channels-last
-tensor and filters it with the separable window once per scale (two 1-D grouped convolutions, which oneDNN runs
-fast in channels-last), in float32, on mean-centred values. The result is within a few 1e-6 of a float64
+kernel is slow. :class:`MsSsimReference` filters the original's maps (x, x^2) once per image and, per decoding,
+stacks the three maps it needs (y, y^2, xy) into one channels-last tensor filtered with the separable window once
+per scale (two 1-D grouped convolutions, which oneDNN runs fast in channels-last), in float32, on mean-centred
+values; 2x2 pooling is four strided slices. The result is within a few 1e-6 of a float64
 computation (pytorch_msssim's own float32 error reaches 2e-5) and within 1e-4 of pytorch_msssim
 (tests/test_eval_speed.py), in a third of its time or less; ``benchmarks/eval_speed.py`` times both on the JPEG
 and WebP sweeps.
@@ -71,40 +72,69 @@ def separable_blur(maps: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     return F.conv2d(out, w.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
 
 
-def _stacked_moments(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(N, 4C, H, W) channels-last holding x, y, x^2 + y^2 and xy: one tensor, so one filter call per scale.
-
-    x^2 and y^2 are only ever used as sigma_x^2 + sigma_y^2, and the filter is linear, so their sum is filtered
-    once instead of each separately. The caller centres x and y first (see :func:`_scale_terms`)."""
-    n, c, h, w = x.shape
-    stacked = torch.empty((n, 4 * c, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    sx, sy, squares, cross = stacked.split(c, 1)
-    sx.copy_(x)
-    sy.copy_(y)
-    torch.mul(x, x, out=squares)
-    squares.addcmul_(y, y)
-    torch.mul(x, y, out=cross)
-    return stacked
+def halve(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 2, padding=[h % 2, w % 2])`` (zero padding counted, as pytorch_msssim pools) as four
+    strided slices: the same values, several times faster than avg_pool2d on channels-last tensors."""
+    ph, pw = x.shape[-2] % 2, x.shape[-1] % 2
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph))
+    h, w = x.shape[-2] // 2, x.shape[-1] // 2
+    top, bottom = x[..., 0:2 * h:2, :], x[..., 1:2 * h:2, :]
+    return (top[..., 0:2 * w:2] + top[..., 1:2 * w:2] + bottom[..., 0:2 * w:2] + bottom[..., 1:2 * w:2]) * 0.25
 
 
-def _scale_terms(x: torch.Tensor, y: torch.Tensor, window: torch.Tensor, data_range: float,
-                 with_ssim: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Per-channel means (N, C) of the SSIM map (only when asked: MS-SSIM uses it at the coarsest scale) and of
-    the contrast-structure map at one scale."""
-    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    # Variances are E[x^2] - E[x]^2: in float32 that cancels badly in bright flat areas (a JPEG at quality 5 of
-    # kodim20 was off by 1.2e-4). They do not change when x and y are shifted by one constant, so shift both by
-    # their mean first: the terms shrink and the result stays within a few 1e-6 of a float64 computation.
-    shift = 0.5 * (x.mean((1, 2, 3), keepdim=True) + y.mean((1, 2, 3), keepdim=True))
-    mu_x, mu_y, squares, cross = separable_blur(_stacked_moments(x - shift, y - shift), window).split(x.shape[1], 1)
-    sigmas = squares - torch.addcmul(mu_x * mu_x, mu_y, mu_y)  # sigma_x^2 + sigma_y^2
-    cs_map = (cross - mu_x * mu_y).mul_(2).add_(c2).div_(sigmas.add_(c2))
-    cs = cs_map.mean((2, 3))
-    if not with_ssim:
-        return None, cs
-    mu_x, mu_y = mu_x + shift, mu_y + shift  # the luminance term needs the true means
-    luminance = (2 * mu_x * mu_y + c1).div_(torch.addcmul(mu_x * mu_x, mu_y, mu_y).add_(c1))
-    return (luminance * cs_map).mean((2, 3)), cs
+class MsSsimReference:
+    """The original's share of MS-SSIM, computed once and reused for every decoding of it (a quality sweep
+    decodes each image many times): its pyramid, and per scale its local means and local energies.
+
+    Variances are E[x^2] - E[x]^2: in float32 that cancels badly in bright flat areas (a JPEG at quality 5 of
+    kodim20 was off by 1.2e-4 uncentred). They do not change when x and y are shifted by one constant, so both
+    are shifted by the original's mean first: the terms shrink and the result stays within a few 1e-6 of a
+    float64 computation. The four maps a scale needs per decoding (y, y^2, xy) are filtered in one call."""
+
+    def __init__(self, x: torch.Tensor, data_range: float = 1.0):
+        if x.dim() != 4:
+            raise ValueError(f"MS-SSIM needs (N, C, H, W) tensors, got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < MS_SSIM_MIN_SIDE:
+            raise ValueError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE} pixels on a side (4 "
+                             f"downsamplings of an {WINDOW_SIZE}-tap window), got {tuple(x.shape[-2:])}")
+        self.shape, self.data_range = x.shape, data_range
+        self.window = gaussian_window()
+        x = x.float().contiguous(memory_format=torch.channels_last)
+        self.shift = x.mean((1, 2, 3), keepdim=True)
+        self.scales = []  # (x - shift, blurred x - shift, blurred (x - shift)^2) per scale
+        for level in range(len(SCALE_WEIGHTS)):
+            centred = x - self.shift
+            moments = separable_blur(torch.cat([centred, centred * centred], 1), self.window)
+            self.scales.append((centred, *moments.chunk(2, 1)))
+            if level < len(SCALE_WEIGHTS) - 1:
+                x = halve(x)
+
+    def __call__(self, y: torch.Tensor) -> torch.Tensor:
+        """MS-SSIM of ``y`` against the original, per image (N,)."""
+        if y.shape != self.shape:
+            raise ValueError(f"ms_ssim needs two (N, C, H, W) tensors of the same shape, got {tuple(self.shape)} "
+                             f"and {tuple(y.shape)}")
+        c1, c2 = (K1 * self.data_range) ** 2, (K2 * self.data_range) ** 2
+        y = y.float().contiguous(memory_format=torch.channels_last)
+        factors = []
+        for level, (x_c, mu_x, energy_x) in enumerate(self.scales):
+            last = level == len(self.scales) - 1
+            y_c = y - self.shift
+            mu_y, energy_y, cross = separable_blur(torch.cat([y_c, y_c * y_c, x_c * y_c], 1),
+                                                   self.window).chunk(3, 1)
+            sigmas = (energy_x + energy_y).sub_(torch.addcmul(mu_x * mu_x, mu_y, mu_y))  # sigma_x^2 + sigma_y^2
+            cs_map = (cross - mu_x * mu_y).mul_(2).add_(c2).div_(sigmas.add_(c2))
+            if last:  # the luminance term needs the true means
+                mx, my = mu_x + self.shift, mu_y + self.shift
+                luminance = (2 * mx * my + c1).div_(torch.addcmul(mx * mx, my, my).add_(c1))
+                factors.append(torch.relu((luminance * cs_map).mean((2, 3))))
+            else:
+                factors.append(torch.relu(cs_map.mean((2, 3))))
+                y = halve(y)
+        weights = torch.tensor(SCALE_WEIGHTS, dtype=y.dtype, device=y.device).view(-1, 1, 1)
+        per_channel = torch.prod(torch.stack(factors) ** weights, dim=0)  # (N, C)
+        return per_channel.mean(1)
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -114,38 +144,36 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"ms_ssim needs two (N, C, H, W) tensors of the same shape, got {tuple(x.shape)} and "
                          f"{tuple(y.shape)}")
-    if min(x.shape[-2:]) < MS_SSIM_MIN_SIDE:
-        raise ValueError(f"MS-SSIM needs images of at least {MS_SSIM_MIN_SIDE} pixels on a side (4 downsamplings "
-                         f"of an {WINDOW_SIZE}-tap window), got {tuple(x.shape[-2:])}")
-    window = gaussian_window()
-    x = x.float().contiguous(memory_format=torch.channels_last)
-    y = y.float().contiguous(memory_format=torch.channels_last)
-    levels = len(SCALE_WEIGHTS)
-    factors = []
-    for level in range(levels):
-        last = level == levels - 1
-        ssim, cs = _scale_terms(x, y, window, data_range, with_ssim=last)
-        factors.append(torch.relu(ssim if last else cs))
-        if not last:
-            padding = [side % 2 for side in x.shape[2:]]
-            x = F.avg_pool2d(x, kernel_size=2, padding=padding)
-            y = F.avg_pool2d(y, kernel_size=2, padding=padding)
-    weights = torch.tensor(SCALE_WEIGHTS, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-    per_channel = torch.prod(torch.stack(factors) ** weights, dim=0)  # (N, C)
-    return per_channel.mean(1)
+    return MsSsimReference(x, data_range)(y)
+
+
+class QualityMeter:
+    """PSNR (dB) and MS-SSIM of decodings of one (1, 3, H, W) original in [0, 1]: ``meter(decoded)``.
+
+    The original's share of MS-SSIM is computed on the first call and kept for the next ones, so a sweep that
+    decodes an image at many rates pays it once. MS-SSIM is None when not asked for or when the image is too
+    small for it."""
+
+    def __init__(self, original: torch.Tensor, metrics: Iterable[str] = METRICS):
+        self.original = original.float()
+        self.wants_ms_ssim = "ms-ssim" in metrics and min(original.shape[-2:]) >= MS_SSIM_MIN_SIDE
+        self.reference: MsSsimReference | None = None
+
+    @torch.no_grad()
+    def __call__(self, decoded: torch.Tensor) -> tuple[float, float | None]:
+        decoded = to_8bit(decoded.float())
+        value = psnr(decoded, self.original)
+        if not self.wants_ms_ssim:
+            return value, None
+        if self.reference is None:
+            self.reference = MsSsimReference(self.original)
+        return value, float(self.reference(decoded)[0])
 
 
 def quality(original: torch.Tensor, decoded: torch.Tensor,
             metrics: Iterable[str] = METRICS) -> tuple[float, float | None]:
-    """PSNR (dB) and MS-SSIM of (1, 3, H, W) images in [0, 1]; MS-SSIM is None when not asked for or when the
-    image is too small for it."""
-    decoded = to_8bit(decoded.float())
-    original = original.float()
-    value = psnr(decoded, original)
-    if "ms-ssim" not in metrics or min(original.shape[-2:]) < MS_SSIM_MIN_SIDE:
-        return value, None
-    with torch.no_grad():
-        return value, float(ms_ssim(original, decoded)[0])
+    """PSNR (dB) and MS-SSIM of one decoding (:class:`QualityMeter` for several of one original)."""
+    return QualityMeter(original, metrics)(decoded)
 
 
 def sync(device) -> None:
