@@ -14,7 +14,7 @@ import torch
 
 from vrtk.errors import VrtkError
 from vrtk.eval.evaluate import EvalImage, aggregate, progress_bar
-from vrtk.eval.measure import METRICS, PeakMemory, QualityMeter, timed
+from vrtk.eval.measure import METRICS, PeakMemory, QualityMeter, cpu_memory_kind, timed
 from vrtk.images import to_pil
 
 CODECS = {"jpeg": "JPEG", "webp": "WEBP"}
@@ -113,7 +113,7 @@ def evaluate_classical(codec: str, images: list[EvalImage], qualities: list[int]
     by_quality = [[per_image[i] for per_image in swept] for i in range(len(qualities))]
     points = [aggregate([r for r, _ in pairs], max(peak for _, peak in pairs)) for pairs in by_quality]
     per_image = [record for pairs in by_quality for record, _ in pairs]
-    return points, per_image, PeakMemory("cpu").kind
+    return points, per_image, cpu_memory_kind()
 
 
 def pillow_version() -> str:

@@ -18,6 +18,7 @@ and WebP sweeps.
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import statistics
@@ -203,21 +204,7 @@ class PeakMemory:
 
     def __init__(self, device):
         self.device = torch.device(device)
-        if self.device.type == "cuda":
-            self.kind = "torch.cuda.max_memory_allocated (MB)"
-        elif self._can_reset():
-            self.kind = "peak RSS of the process, reset per point (VmHWM, MB)"
-        else:
-            self.kind = "peak RSS of the process since it started (ru_maxrss, MB)"
-
-    @staticmethod
-    def _can_reset() -> bool:
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            return _vm_hwm_kb() is not None
-        except OSError:
-            return False
+        self.kind = "torch.cuda.max_memory_allocated (MB)" if self.device.type == "cuda" else cpu_memory_kind()
 
     def reset(self) -> None:
         if self.device.type == "cuda":
@@ -233,6 +220,20 @@ class PeakMemory:
         if kb is None:
             kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
         return kb / 1024
+
+
+@functools.cache
+def cpu_memory_kind() -> str:
+    """What :meth:`PeakMemory.peak_mb` reports on CPU here: a per-point peak where /proc lets it reset the
+    high-water mark, else the peak since the process started. Probed once per process."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        if _vm_hwm_kb() is not None:
+            return "peak RSS of the process, reset per point (VmHWM, MB)"
+    except OSError:
+        pass
+    return "peak RSS of the process since it started (ru_maxrss, MB)"
 
 
 def _vm_hwm_kb() -> int | None:
