@@ -148,6 +148,11 @@ def stages(runs: Path, results: Path, kodak: Path, train: Path | str, threads: i
          runs / "ecg-bm" / "model"),
         ("ecg-bm-eval", [evaluate(runs / "ecg-bm" / "model", "ecg-bm.json", "--n-points", "16", "--name", "ecg+bm")],
          results / "ecg-bm.json"),
+        # issue 15's controlled study (its own base, budget and reference; benchmarks/ecg_study.py): hours of
+        # training, so like every training stage it runs only when named (--stages ecg-study); resumable per variant
+        ("ecg-study", [[sys.executable, str(REPO / "benchmarks" / "ecg_study.py"), "--runs", str(runs / "ecg-study"),
+                        "--results", str(results / "ecg-study"), "--kodak", str(kodak), "--threads", str(threads)]],
+         results / "ecg-study" / "table.md"),
         ("report", [["vrtk", "report", *present(REPORT_INPUTS), "-o",
                      str(results / "report"), "--anchor", "fixed-rate", "--title", "vrtk: the paper at CPU scale",
                      "--reference", str(DATA / "reference-rd" / "kodak"),
@@ -170,13 +175,16 @@ def argv(entry) -> list[str]:
 
 
 def products(commands) -> list[str]:
-    """The model folders a stage's commands write (a recipe's ``out=``, a conversion's ``-o``)."""
+    """The model folders a stage's commands write (a recipe's ``out=``, a conversion's ``-o``, a study's
+    ``--runs``)."""
     made = []
     for cmd in map(argv, commands):
         if cmd[:2] == ["vrtk", "run"]:
             made += [a.split("=", 1)[1] for a in cmd if a.startswith("out=")]
         elif cmd[:2] == ["vrtk", "convert"]:
             made.append(cmd[cmd.index("-o") + 1])
+        elif "--runs" in cmd:
+            made.append(cmd[cmd.index("--runs") + 1])
     return made
 
 

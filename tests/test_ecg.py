@@ -460,3 +460,22 @@ def test_layer_targets_give_some_layers_their_own_sparsity_target():
     pushed = {name for name, m in ecg_modules(net)
               if m.gate.alpha.grad is not None and m.gate.alpha.grad.abs().sum() > 0}
     assert pushed and all(name.startswith("g_a.") for name in pushed)  # only g_a has a target
+
+
+def test_layer_alpha_t_gives_some_layers_their_own_alpha_target():
+    """``layer_alpha_t`` (not in the paper): the alpha term of a matching layer pulls alpha toward its own target;
+    at alpha == that target the layer's term is zero while the others still pull."""
+    cfg = EcgConfig(alpha_t=5e-3, layer_alpha_t={r"g_s\..*": 1e-3})
+    assert (cfg.alpha_t_for("g_a.2"), cfg.alpha_t_for("g_s.4")) == (5e-3, 1e-3)
+    with pytest.raises(PluginError, match="layer_alpha_t"):
+        EcgConfig(layer_alpha_t={"g_s": -1.0})
+    with pytest.raises(PluginError, match="regex"):
+        EcgConfig(layer_alpha_t={"g_s[": 1e-3})
+    net = tiny(configs={"ecg": {"alpha_init": 1e-3, "alpha_t": 5e-3, "gamma": 1.0,
+                                "layer_alpha_t": {r"g_s\..*": 1e-3}}}).net.train()
+    net(images())
+    term = dict(get_registry().call("vrtk_loss_terms", model=net, step=0))["ecg"]["alpha"]
+    term.backward()
+    grads = {name: float(m.gate.alpha.grad.abs().sum()) for name, m in ecg_modules(net)}
+    assert any(n.startswith("g_s.") for n in grads) and any(not n.startswith("g_s.") for n in grads)
+    assert all((g == 0) == name.startswith("g_s.") for name, g in grads.items())

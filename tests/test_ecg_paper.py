@@ -17,7 +17,7 @@ from vrtk.train.recipe import resolve
 from vrtk.train.runner import run_recipe
 
 BEYOND_THE_PAPER = ("energy_relative", "eps_relative", "init_sparsity", "sparsity_target", "gate_tile",
-                    "alpha_reduction", "freeze_gates", "layer_targets")
+                    "alpha_reduction", "freeze_gates", "layer_targets", "layer_alpha_t")
 
 
 def test_defaults_are_the_papers():

@@ -45,3 +45,12 @@ def test_named_stages_run_with_their_inputs_only(reproduce, tmp_path):
     assert reproduce.select(plan, ["gain"]) == ["gain"]
     (tmp_path / "runs" / "gain" / "model").mkdir(parents=True)
     assert reproduce.select(plan, ["gain", "gain-eval"]) == []
+
+
+def test_the_ecg_study_runs_only_when_named_and_writes_under_results(reproduce, tmp_path):
+    plan = plan_with_results(reproduce, tmp_path)
+    assert "ecg-study" not in reproduce.select(plan, [])
+    assert reproduce.select(plan, ["ecg-study"]) == ["ecg-study"]
+    (command,), done = next((c, d) for name, c, d in plan if name == "ecg-study")
+    assert command[1].endswith("ecg_study.py") and done == tmp_path / "results" / "ecg-study" / "table.md"
+    assert command[command.index("--results") + 1] == str(tmp_path / "results" / "ecg-study")

@@ -25,6 +25,25 @@ def upgrade_saved(values: dict) -> dict:
     return values
 
 
+def _check_layer_map(key: str, mapping: dict, what: str, valid) -> None:
+    """A ``{regex: number}`` option: every key compiles and every value is a number ``valid`` accepts."""
+    for pattern, value in dict(mapping).items():
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as exc:
+            raise PluginError(f"ecg: {key} key {pattern!r} is not a regex ({exc})") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
+            raise PluginError(f"ecg: {key}[{pattern!r}] must be {what}, not {value!r}")
+
+
+def _first_match(mapping: dict, layer: str, default: float) -> float:
+    """The value of the first regex in ``mapping`` that fully matches ``layer``, else ``default``."""
+    for pattern, value in mapping.items():
+        if re.fullmatch(pattern, layer):
+            return float(value)
+    return float(default)
+
+
 @dataclass
 class EcgConfig:
     """What to gate, how the gate trains, and how sparse it should become.
@@ -60,6 +79,8 @@ class EcgConfig:
     ``sparsity_ramp`` steps. ``layer_targets`` (not in the paper) gives some layers their own target: ``{regex:
     target}``, the first regex that fully matches a gated layer's name wins (e.g. ``{"g_s\\..*": 0.3}``: the
     synthesis transform, which the study found least tolerant of zeros, gated less than the rest).
+    ``layer_alpha_t`` (not in the paper) does the same for the paper's own loss: ``{regex: alpha_t}`` gives the
+    matching layers their own target threshold (e.g. ``{"g_s\\..*": 1e-3}``: a gentler pull on the decoder).
 
     Recovery: ``freeze_gates`` (not in the paper) holds alpha and the ECA weights where they are (no gradient, no
     alpha term) while the base fine-tunes around the gates; ``train=`` cannot do it, as it always trains plugins.
@@ -81,6 +102,7 @@ class EcgConfig:
     sparsity_weight: float = 1.0
     sparsity_ramp: int = 0
     layer_targets: dict[str, float] = field(default_factory=dict)  # not in the paper: {regex: sparsity target}
+    layer_alpha_t: dict[str, float] = field(default_factory=dict)  # not in the paper: {regex: alpha_t}
     gate_tile: int = 0  # 0: element-wise (paper); T > 0: per channel and T x T tile; -1: per channel (deviations)
     freeze_gates: bool = False  # not in the paper: alpha and the ECA weights get no gradient (recovery fine-tuning)
 
@@ -95,13 +117,8 @@ class EcgConfig:
             raise PluginError(f"ecg: init_sparsity must be in [0, 1), not {self.init_sparsity}")
         if not 0.0 <= float(self.sparsity_target) < 1.0:
             raise PluginError(f"ecg: sparsity_target must be in [0, 1), not {self.sparsity_target}")
-        for pattern, value in dict(self.layer_targets).items():
-            try:
-                re.compile(pattern)
-            except (re.error, TypeError) as exc:
-                raise PluginError(f"ecg: layer_targets key {pattern!r} is not a regex ({exc})") from None
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise PluginError(f"ecg: layer_targets[{pattern!r}] must be a sparsity in [0, 1), not {value!r}")
+        _check_layer_map("layer_targets", self.layer_targets, "a sparsity in [0, 1)", lambda v: 0.0 <= v < 1.0)
+        _check_layer_map("layer_alpha_t", self.layer_alpha_t, "a threshold >= 0", lambda v: v >= 0.0)
         if int(self.gate_tile) < CHANNEL:
             raise PluginError(f"ecg: gate_tile must be 0 (element-wise), a tile size, or {CHANNEL} (whole "
                               f"channels), not {self.gate_tile}")
@@ -114,10 +131,11 @@ class EcgConfig:
 
     def final_target(self, layer: str) -> float:
         """The sparsity target of a gated layer: its ``layer_targets`` entry, else ``sparsity_target``."""
-        for pattern, value in self.layer_targets.items():
-            if re.fullmatch(pattern, layer):
-                return float(value)
-        return float(self.sparsity_target)
+        return _first_match(self.layer_targets, layer, self.sparsity_target)
+
+    def alpha_t_for(self, layer: str) -> float:
+        """The alpha term's target of a gated layer: its ``layer_alpha_t`` entry, else ``alpha_t``."""
+        return _first_match(self.layer_alpha_t, layer, self.alpha_t)
 
     def target_at(self, step: int, layer: str = "") -> float:
         """The sparsity target of ``layer`` at a training step (the linear ramp)."""

@@ -175,12 +175,13 @@ def vrtk_slim(model, images, settings):
     return slim(model, images, settings)
 
 
-def alpha_term(gate) -> torch.Tensor:
-    """gamma * mean_i (alpha_i - alpha_t)^2 over one layer's channels (paper), or the sum with ``alpha_reduction``."""
+def alpha_term(gate, layer: str = "") -> torch.Tensor:
+    """gamma * mean_i (alpha_i - alpha_t)^2 over one layer's channels (paper), or the sum with ``alpha_reduction``;
+    ``layer`` picks its ``layer_alpha_t`` entry."""
     cfg = gate.config
     if cfg.freeze_gates:  # a held gate: no pull on alpha
         return gate.alpha.new_zeros(())
-    squares = (gate.alpha - cfg.alpha_t).square()
+    squares = (gate.alpha - cfg.alpha_t_for(layer)).square()
     return cfg.gamma * (squares.sum() if cfg.alpha_reduction == "sum" else squares.mean())
 
 
@@ -191,7 +192,7 @@ def vrtk_loss_terms(model, step):
     modules = ecg_modules(model)
     if not modules:
         return None
-    terms = {"alpha": sum(alpha_term(m.gate) for _, m in modules)}
+    terms = {"alpha": sum(alpha_term(m.gate, name) for name, m in modules)}
     penalties = []
     for name, m in modules:
         cfg, measured = m.gate.config, m.gate.last_sparsity_for_loss
