@@ -120,3 +120,18 @@ def test_paper_profile_trains_with_a_nonzero_alpha_term(tmp_path):
     assert alpha_terms and all(t > 0 for t in alpha_terms) and "loss/ecg/sparsity" not in records[-1]
     saved = json.loads((model / "config.json").read_text())["plugins"][0]["config"]
     assert get_registry().injector("ecg").make_config(saved) == EcgConfig()
+
+
+def test_deploy_profile_gates_only_the_last_synthesis_convolution_by_whole_channels(tmp_path):
+    """The deploy profile (not the paper, made for `vrtk export --slim`) runs end to end on a tiny model and puts
+    whole-channel gates on g_s.6 alone, with the paper's loss form at a higher alpha_t."""
+    from vrtk.model import load_model
+
+    overrides = ["profile=deploy", "model=bmshj2018-hyperprior", "weights=random", "arch_kwargs={N: 8, M: 12}",
+                 "synthetic=4", "crop=64", "batch=2", "steps=4", "log_every=1", "ckpt_every=2", f"out={tmp_path}"]
+    folder = run_recipe(resolve("ecg-finetune", overrides), progress=False)[0]
+    net = load_model(folder).net
+    gated = ecg_modules(net)
+    assert [name for name, _ in gated] == ["g_s.6"]
+    cfg = gated[0][1].gate.config
+    assert (cfg.gate_tile, cfg.alpha_t, cfg.alpha_init) == (-1, 2e-2, 0.0)

@@ -146,3 +146,10 @@ def test_overrides_may_follow_the_options(tmp_path):
     assert "model saved: " in out and (tmp_path / "run" / "config.yaml").is_file()
     code, _, err = run_cli("run", "fixed-rate", "--no-such-option", "profile=test")
     assert code == 2 and "unrecognized arguments: --no-such-option" in err
+
+
+def test_a_schedule_too_long_for_the_steps_is_a_clear_recipe_error(tmp_path):
+    """wsd over two steps has no decay step: the error names the settings instead of timm's traceback."""
+    config = resolve("fixed-rate", ["profile=test", "sched=wsd", "decay_fraction=0.25", "steps=2", f"out={tmp_path}"])
+    with pytest.raises(RecipeError, match="sched=wsd cannot run with steps=2"):
+        run_recipe(config, progress=False)

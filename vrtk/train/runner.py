@@ -251,10 +251,14 @@ class Trainer:
         cfg = self.config
         if cfg.sched in ("constant", "none") and not cfg.warmup_steps:
             return None
-        sched, _ = create_scheduler_v2(
-            self.optimizer, sched=cfg.sched, num_epochs=cfg.steps, min_lr=cfg.min_lr,
-            warmup_epochs=cfg.warmup_steps, warmup_lr=cfg.lr / 10, decay_epochs=cfg.decay_fraction,
-            step_on_epochs=False, updates_per_epoch=1)
+        try:
+            sched, _ = create_scheduler_v2(
+                self.optimizer, sched=cfg.sched, num_epochs=cfg.steps, min_lr=cfg.min_lr,
+                warmup_epochs=cfg.warmup_steps, warmup_lr=cfg.lr / 10, decay_epochs=cfg.decay_fraction,
+                step_on_epochs=False, updates_per_epoch=1)
+        except ValueError as exc:  # e.g. wsd over so few steps that its decay phase has none
+            raise RecipeError(f"sched={cfg.sched} cannot run with steps={cfg.steps}, warmup_steps={cfg.warmup_steps}, "
+                              f"decay_fraction={cfg.decay_fraction}: {exc}") from None
         return sched
 
     def _make_teacher(self) -> Teacher:
