@@ -3,6 +3,7 @@
     >>> import vrtk
     >>> data = vrtk.compress("photo.png", "runs/bm/model", lmbda=0.01)     # or quality=3.5, or target_bpp=0.4
     >>> image = vrtk.decompress(data, "runs/bm/model")                   # a PIL image, RGB or L as the input
+    >>> data = vrtk.compress("photo.png", lmbda=0.01, refine=20)   # 20 refinement steps: slower encode, fewer bits
 
 ``model`` is anything :func:`vrtk.model.resolve_model` accepts (a model folder, ``default``, an architecture
 name) or a :class:`vrtk.model.WrappedModel`; pass a loaded model (:func:`load`) when coding many images.
@@ -173,10 +174,12 @@ class Coder:
 
     def __init__(self, model="default", options: dict | None = None, registry=None, device: str | None = None,
                  allow_code: bool = False, memory_budget: int | str | None = None, backend: str = "torch",
-                 graphs=None):
+                 graphs=None, refine=None):
         """``memory_budget``: bytes (or ``"8G"``) one encode or decode may use; default ``VRTK_MEMORY_BUDGET``.
         ``backend``: ``torch`` or ``onnxruntime`` (the graphs of ``graphs``, a folder made by ``vrtk export``,
-        by default ``model`` itself); both write files the other decodes (vrtk.export.view)."""
+        by default ``model`` itself); both write files the other decodes (vrtk.export.view).
+        ``refine``: steps or a :class:`vrtk.refine.RefineSettings`: the encoder refines each image's latents
+        (slower encode, same decoder and file format)."""
         from vrtk.options import apply_options
         from vrtk.plugin_manager import get_registry
 
@@ -192,6 +195,10 @@ class Coder:
 
         self.codec = codec_view(self.wrapped, backend, model if graphs is None else graphs, self.options)
         self.options = dict(self.codec.options)
+        from vrtk.refine import RefiningCodec, as_settings
+
+        refine = as_settings(refine)
+        self.refiner = RefiningCodec(self.wrapped, self.codec, refine) if refine is not None else None
 
     @property
     def device(self) -> torch.device:
@@ -204,12 +211,13 @@ class Coder:
 
         width, height = image.size
         _check_size(width, height)
-        self.check_memory(width, height, "encoding", lmbda)
+        self.check_memory(width, height, "refining and encoding" if self.refiner else "encoding", lmbda,
+                          refining=self.refiner is not None)
         with limits.allocation_failures(f"encoding a {width}x{height} image"):
             x = image.tensor[None].to(self.device)
-            xp, _ = pad(x)
+            xp, unpadding = pad(x)
             with use_rate(self.net, lmbda, self.registry):
-                out = self.codec.compress(xp)
+                out = self.refiner.compress(xp, unpadding, lmbda) if self.refiner else self.codec.compress(xp)
         strings = [[bytes(s) for s in group] for group in out["strings"]]
         shape = tuple(int(d) for d in out["shape"])
         return container.Container(fingerprint=self.fingerprint, lmbda=lmbda, width=width, height=height,
@@ -249,10 +257,12 @@ class Coder:
     def search(self, image: LoadedImage, target_bpp: float, tolerance: float = DEFAULT_TOLERANCE) -> _Search:
         return _Search(self, image, target_bpp, tolerance).run()
 
-    def check_memory(self, width: int, height: int, what: str, lmbda: float | None, groups: int = 0) -> None:
+    def check_memory(self, width: int, height: int, what: str, lmbda: float | None, groups: int = 0,
+                     refining: bool = False) -> None:
         """Refuse, before allocating, an image whose coding would need more memory than the budget."""
         rate = lmbda if lmbda is not None else self.wrapped.middle_lambda()
-        coding_limits.check_memory(self.net, width, height, what, rate, self.registry, self.memory_budget, groups)
+        coding_limits.check_memory(self.net, width, height, what, rate, self.registry, self.memory_budget, groups,
+                                   refining)
 
     # - decoder
     def check(self, header: container.Container) -> None:
@@ -436,9 +446,10 @@ class _Search:
 # -- the short forms --------------------------------------------------------------------------------------------
 def compress(image, model="default", lmbda: float | None = None, quality: float | None = None,
              target_bpp: float | None = None, options: dict | None = None,
-             allow_code: bool = False) -> bytes:
-    """Image (path, PIL image or tensor) -> the bytes of a .vrtk file. Conversion notes become warnings."""
-    coder = Coder(model, options, allow_code=allow_code)
+             allow_code: bool = False, refine=None) -> bytes:
+    """Image (path, PIL image or tensor) -> the bytes of a .vrtk file. Conversion notes become warnings.
+    ``refine``: refinement steps (or a :class:`vrtk.refine.RefineSettings`) per image before coding."""
+    coder = Coder(model, options, allow_code=allow_code, refine=refine)
     result = coder.compress(image, lmbda=lmbda, quality=quality, target_bpp=target_bpp)
     for note in result.notes:
         warnings.warn(note, stacklevel=2)

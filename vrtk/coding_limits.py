@@ -29,27 +29,40 @@ from vrtk.rate import use_rate
 # 4x plus a fixed 64 MiB stayed above every measured peak.
 ACTIVATION_FACTOR = 4
 FIXED_OVERHEAD = 64 * 2**20
+# Refinement (vrtk.refine) keeps every layer's output for backward, plus gradients: 4x their sum stayed above the
+# peaks measured with the default model (768x512: 437 MB grown, 513 estimated; 1536x1024: 1093 MB, 1864 estimated).
+REFINE_FACTOR = 4
 PROBE_SIDE = 64  # the smallest padded image: the probe forward pass is cheap
 RANS_PRECISION = 16  # CompressAI's rANS coder: symbol frequencies are out of 2**16
 RANS_SLACK_BITS = 64  # the coder's 64-bit state holds up to this many bits beyond the bytes it has written
 GUARD_BYTES_PER_SYMBOL = 8  # zero bytes appended per latent symbol before decoding (see vrtk.api._guard_strings)
-_probe_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> activation bytes per padded pixel
+_probe_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> (peak, stored) bytes per padded pixel
 
 
 def activation_bytes_per_pixel(net: torch.nn.Module, lmbda: float | None = None, registry=None) -> float:
     """The largest input + output of any layer per padded pixel, from one forward pass on a 64x64 probe (cached
     per network). A network whose forward pass cannot run on the probe gets a conservative bound instead: its widest
     layer at full resolution."""
+    return _probe(net, lmbda, registry)[0]
+
+
+def stored_activation_bytes_per_pixel(net: torch.nn.Module, lmbda: float | None = None, registry=None) -> float:
+    """Every layer's output per padded pixel, summed: what a backward pass keeps (latent refinement, vrtk.refine)."""
+    return _probe(net, lmbda, registry)[1]
+
+
+def _probe(net: torch.nn.Module, lmbda: float | None, registry) -> tuple[float, float]:
     cached = _probe_cache.get(net)
     if cached is not None:
         return cached
-    peak = 0
+    peak, total = 0, 0
 
     def hook(_module, inputs, output):
-        nonlocal peak
+        nonlocal peak, total
         outputs = output if isinstance(output, (tuple, list)) else (output,)
-        peak = max(peak, sum(t.numel() * t.element_size() for t in (*inputs, *outputs)
-                             if isinstance(t, torch.Tensor)))
+        out_bytes = sum(t.numel() * t.element_size() for t in outputs if isinstance(t, torch.Tensor))
+        peak = max(peak, out_bytes + sum(t.numel() * t.element_size() for t in inputs if isinstance(t, torch.Tensor)))
+        total += out_bytes
 
     leaves = [m for m in net.modules() if not any(True for _ in m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -57,15 +70,16 @@ def activation_bytes_per_pixel(net: torch.nn.Module, lmbda: float | None = None,
         device = next(iter(net.parameters())).device
         with torch.no_grad(), use_rate(net, lmbda, registry):
             net(torch.zeros(1, 3, PROBE_SIDE, PROBE_SIDE, device=device))
-        per_pixel = peak / PROBE_SIDE**2
+        per_pixel, stored = peak / PROBE_SIDE**2, total / PROBE_SIDE**2
     except Exception:  # noqa: BLE001 - any architecture may fail on a probe; the bound below is then used
         per_pixel = 2 * 4 * max((getattr(m, "out_channels", 0) or 0 for m in leaves), default=512)
+        stored = len(leaves) * per_pixel
     finally:
         for h in handles:
             h.remove()
     per_pixel = max(per_pixel, 3 * 4)  # never less than the image itself
-    _probe_cache[net] = per_pixel
-    return per_pixel
+    _probe_cache[net] = (per_pixel, max(stored, per_pixel))
+    return _probe_cache[net]
 
 
 def padded_pixels(width: int, height: int) -> int:
@@ -81,21 +95,23 @@ def guard_bytes(net: torch.nn.Module, width: int, height: int) -> int:
 
 
 def coding_bytes(net: torch.nn.Module, width: int, height: int, lmbda: float | None = None, registry=None,
-                 groups: int = 0) -> int:
-    """Estimated peak memory of coding a ``width`` x ``height`` image (decode: plus ``groups`` guarded strings)."""
-    per_pixel = activation_bytes_per_pixel(net, lmbda, registry)
-    return int(ACTIVATION_FACTOR * per_pixel * padded_pixels(width, height) + FIXED_OVERHEAD
-               + groups * guard_bytes(net, width, height))
+                 groups: int = 0, refining: bool = False) -> int:
+    """Estimated peak memory of coding a ``width`` x ``height`` image (decode: plus ``groups`` guarded strings;
+    ``refining``: plus the activations and gradients of refinement's backward passes)."""
+    per_pixel = ACTIVATION_FACTOR * activation_bytes_per_pixel(net, lmbda, registry)
+    if refining:
+        per_pixel += REFINE_FACTOR * stored_activation_bytes_per_pixel(net, lmbda, registry)
+    return int(per_pixel * padded_pixels(width, height) + FIXED_OVERHEAD + groups * guard_bytes(net, width, height))
 
 
 def check_memory(net: torch.nn.Module, width: int, height: int, what: str, lmbda: float | None = None,
-                 registry=None, budget: int | None = None, groups: int = 0) -> None:
+                 registry=None, budget: int | None = None, groups: int = 0, refining: bool = False) -> None:
     """Refuse, before allocating, to code an image whose estimated peak memory is over the budget."""
     budget = memory_budget(budget)
     if ACTIVATION_FACTOR * 12 * padded_pixels(width, height) > budget:  # over budget whatever the network: no probe
         need = ACTIVATION_FACTOR * 12 * padded_pixels(width, height)
     else:
-        need = coding_bytes(net, width, height, lmbda, registry, groups)
+        need = coding_bytes(net, width, height, lmbda, registry, groups, refining)
     if need > budget:
         raise ResourceError(f"{what} a {width}x{height} image with this model needs about {human_bytes(need)} of "
                             f"memory, more than the budget of {human_bytes(budget)}; set {MEMORY_BUDGET_ENV} "

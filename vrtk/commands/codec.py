@@ -11,7 +11,14 @@ import os
 import sys
 from pathlib import Path
 
-from vrtk.commands.common import add_model_args, add_rate_args, load_from_args, parse_options
+from vrtk.commands.common import (
+    add_model_args,
+    add_rate_args,
+    add_refine_args,
+    load_from_args,
+    parse_options,
+    refine_from_args,
+)
 from vrtk.commands.export import add_backend_arg
 from vrtk.errors import ImageError, VrtkError
 
@@ -59,7 +66,8 @@ def cmd_compress(args) -> int:
     for src in args.images:
         if not Path(src).is_file():
             raise ImageError(f"{src}: no such file")
-    coder = Coder(load_from_args(args), parse_options(args.option), backend=args.backend, graphs=args.model)
+    coder = Coder(load_from_args(args), parse_options(args.option), backend=args.backend, graphs=args.model,
+                  refine=refine_from_args(args))
     from vrtk.modulation import untrained_rate_warning  # a fresh bm/gain codes every rate to the same file
 
     if untrained := untrained_rate_warning(coder.wrapped.net):
@@ -148,6 +156,7 @@ def add_parsers(sub) -> None:
     add_rate_args(p)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="inference option of a plugin (e.g. ecg.scale=0.5); stored in the file for the decoder")
+    add_refine_args(p)
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compress)

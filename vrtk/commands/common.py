@@ -61,6 +61,29 @@ def add_rate_args(parser) -> None:
     group.add_argument("--target-bpp", type=float, default=None, help="search the rate per image for this bpp")
 
 
+def add_refine_args(parser) -> None:
+    parser.add_argument("--refine", type=int, default=None, metavar="STEPS",
+                        help="refine each image's latents with STEPS gradient steps before coding (slower encode; "
+                             "same decoder and file format; vrtk.refine)")
+    parser.add_argument("--refine-lr", type=float, default=None, metavar="LR", help="Adam step size of --refine")
+    parser.add_argument("--refine-lambda", type=float, default=None, metavar="L",
+                        help="lambda of the cost --refine lowers (default: the coding rate, or the model's one "
+                             "trained lambda)")
+
+
+def refine_from_args(args):
+    """The :class:`vrtk.refine.RefineSettings` asked for, or None."""
+    from vrtk.errors import VrtkError
+    from vrtk.refine import DEFAULT_LR, RefineSettings
+
+    if args.refine is None:
+        if args.refine_lr is not None or args.refine_lambda is not None:
+            raise VrtkError("--refine-lr and --refine-lambda need --refine STEPS")
+        return None
+    return RefineSettings(args.refine, args.refine_lr if args.refine_lr is not None else DEFAULT_LR,
+                          args.refine_lambda)
+
+
 def parse_options(items: list[str]) -> dict:
     """``--option ecg.scale=0.5`` -> {"ecg.scale": 0.5} (values are YAML scalars)."""
     import yaml

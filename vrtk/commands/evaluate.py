@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
-from vrtk.commands.common import add_model_args, command_line, parse_options
+from vrtk.commands.common import add_model_args, add_refine_args, command_line, parse_options, refine_from_args
 from vrtk.commands.export import add_backend_arg
 from vrtk.errors import VrtkError
 
@@ -97,8 +98,8 @@ def _eval_classical(args, images, command):
     from vrtk.eval.evaluate import dataset_meta, environment_meta, results_document
 
     codec = check_codec(args.codec)
-    if args.lmbda is not None or args.lambdas or args.option:
-        raise VrtkError("--lambda/--lambdas/--option apply to models, not to --codec")
+    if args.lmbda is not None or args.lambdas or args.option or args.refine is not None:
+        raise VrtkError("--lambda/--lambdas/--option/--refine apply to models, not to --codec")
     qualities = [int(q) for q in parse_floats(args.qualities, "--qualities")] if args.qualities else DEFAULT_QUALITIES
     points, records, memory_kind = evaluate_classical(codec, images, qualities, args.repeats,
                                                       progress=not args.no_progress, metrics=args.metrics,
@@ -145,16 +146,25 @@ def _eval_model(args, images, command):
     options = parse_options(args.option)
     apply_options(wrapped.net, options, registry)
     device = next(wrapped.net.parameters()).device
-    codec = None
+    codec, refiner = None, None
     if args.backend != "torch":  # the transforms on another backend; MACs are still counted on torch
         from vrtk.export.view import codec_view
 
         codec = codec_view(wrapped, args.backend, args.model, options)
+    refine = refine_from_args(args)
+    if refine is not None:
+        from vrtk.export.view import CodecView
+        from vrtk.refine import RefiningCodec
+
+        refiner = RefiningCodec(wrapped, codec if codec is not None else CodecView(wrapped.net, options=options),
+                                refine)
     points, records, memory_kind = evaluate_model(wrapped, images, lambdas, args.repeats, device,
                                                   macs=not args.no_macs, registry=registry,
-                                                  progress=not args.no_progress, metrics=args.metrics, codec=codec)
+                                                  progress=not args.no_progress, metrics=args.metrics, codec=codec,
+                                                  refiner=refiner)
     source = args.model or args.arch
-    name = args.name or default_model_name(source, options, args.quality)
+    name = args.name or default_model_name(source, options, args.quality) + (f" refine{refine.steps}"
+                                                                             if refine else "")
     storage = model_storage(wrapped, model_folder(source) if source else None)
     model = {"source": source, "arch": wrapped.base.arch, "quality": wrapped.base.quality,
              "metric": wrapped.metric, "weights": wrapped.base.weights, "arch_kwargs": wrapped.base.arch_kwargs,
@@ -162,7 +172,8 @@ def _eval_model(args, images, command):
              "trained_lambdas": list(wrapped.lambdas), "fingerprint": fingerprint}
     meta = {"kind": "model", "variable_rate": wrapped.variable_rate,
             "group": args.group or args.name or (name if wrapped.variable_rate else default_group(wrapped, options)),
-            "model": model, "options": options, "backend": args.backend, "params": {"all": storage["params"],
+            "model": model, "options": options, "backend": args.backend,
+            "refine": dataclasses.asdict(refine) if refine else None, "params": {"all": storage["params"],
                                                            "plugin": storage["plugin_params"]},
             "storage": storage, "command": command, "dataset": dataset_meta(args.data, images),
             "environment": environment_meta(device, args.repeats), "memory": memory_kind,
@@ -217,6 +228,7 @@ def add_parsers(sub) -> None:
                    help="comma-separated Pillow qualities for --codec (default 5..95)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="inference option a plugin takes, e.g. ecg.scale=0.5 (repeatable)")
+    add_refine_args(p)
     p.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per image; the median is kept")
     p.add_argument("--no-macs", action="store_true", help="skip counting MACs (then one warm-up per rate)")

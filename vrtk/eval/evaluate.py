@@ -125,10 +125,11 @@ def progress_bar(total: int, desc: str, enabled: bool):
 @torch.no_grad()
 def evaluate_model(wrapped, images: list[EvalImage], lambdas: list[float | None], repeats: int = 1,
                    device="cpu", macs: bool = True, registry=None, progress: bool = False, metrics=METRICS,
-                   codec=None):
+                   codec=None, refiner=None):
     """Sweep ``lambdas`` over ``images``; returns (points, per-image records, memory kind). ``codec``: what
     compresses and decompresses (a vrtk.export.view.CodecView, e.g. on onnxruntime); default the model itself.
-    MACs are always counted on the torch model."""
+    ``refiner``: a vrtk.refine.RefiningCodec that compresses instead (its encode time is what is timed).
+    MACs are always counted on the torch model (the decoder's and one encoder pass: not refinement's steps)."""
     from vrtk.flops import measure_codec_macs
     from vrtk.plugin_manager import get_registry
 
@@ -154,7 +155,12 @@ def evaluate_model(wrapped, images: list[EvalImage], lambdas: list[float | None]
                     elif index == 0:  # warm-up
                         warm = coder.compress(xp)
                         coder.decompress(warm["strings"], warm["shape"])
-                    enc_time, coded = timed(lambda xp=xp: coder.compress(xp), repeats, device)
+                    if refiner is not None:
+                        enc_time, coded = timed(lambda xp=xp, u=unpadding, r=lmbda: refiner.compress(xp, u, r),
+                                                repeats, device)
+                        record["refine"] = refiner.last.to_record()
+                    else:
+                        enc_time, coded = timed(lambda xp=xp: coder.compress(xp), repeats, device)
                     dec_time, out = timed(lambda c=coded: coder.decompress(c["strings"], c["shape"]), repeats,
                                           device)
                     x_hat = unpad(out["x_hat"], unpadding)

@@ -103,6 +103,20 @@ class CodecView(nn.Module):
     def _method_owner(self):
         return CODINGS[self.coding][0]
 
+    @property
+    def transform_names(self) -> tuple[str, ...]:
+        """The transforms the coding calls (none known for a passed-through model)."""
+        return CODINGS[self.coding][1] if self.coding is not None else ()
+
+    def with_transforms(self, **overrides) -> CodecView:
+        """A view of the same model and coding with some transforms replaced by callables (the others kept)."""
+        unknown = sorted(set(overrides) - set(self.transform_names))
+        if unknown:
+            raise VrtkError(f"{type(self.net).__name__} codes without the transform(s) {unknown}")
+        transforms = {name: overrides.get(name, self._transform(name)) for name in self.transform_names}
+        margin = self._conditional.margin if self._conditional is not None else MARGIN
+        return CodecView(self.net, transforms, options=self.options, margin=margin, backend=self.backend)
+
     def compress(self, x: torch.Tensor) -> dict:
         """CompressAI's ``{"strings", "shape"}`` plus ``"guard"``: one index guard (bytes) per image."""
         if self.coding is None:
