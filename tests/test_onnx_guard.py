@@ -113,6 +113,37 @@ def test_view_codes_exactly_like_compressai(model, tiny_images):
                            net.decompress(ref["strings"], ref["shape"])["x_hat"])
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_torch_view_runs_the_image_transforms_channels_last(model, tiny_images, channels_last):
+    """g_a and g_s get channels-last input (faster oneDNN convolutions; benchmarks/layout_speed.py), h_a and h_s
+    NCHW (the decoder's scale lookup must match the encoder's); either way the same file and reconstruction."""
+    net = model.net
+    layouts = {}
+
+    def record(name):
+        def hook(_module, args):
+            layouts.setdefault(name, args[0].is_contiguous(memory_format=torch.channels_last)
+                               and not args[0].is_contiguous())
+        return hook
+
+    hooks = [getattr(net, name).register_forward_pre_hook(record(name)) for name in ("g_a", "h_a", "h_s", "g_s")]
+    x, _ = pad(tiny_images[2][None])
+    try:
+        with use_rate(net, 0.01):
+            out = CodecView(net, channels_last=channels_last).compress(x)
+            x_hat = CodecView(net, channels_last=channels_last).decompress(out["strings"], out["shape"],
+                                                                            out["guard"])["x_hat"]
+            ref = net.compress(x)
+            ref_hat = net.decompress(ref["strings"], ref["shape"])["x_hat"]
+    finally:
+        for h in hooks:
+            h.remove()
+    assert layouts == {"g_a": channels_last, "h_a": False, "h_s": False, "g_s": channels_last}
+    assert out["strings"] == ref["strings"]
+    assert x_hat.is_contiguous() and torch.allclose(x_hat, ref_hat, atol=1e-6)
+
+
 def test_old_files_without_a_guard_still_decode(model, tiny_images):
     """A version-1 file (what vrtk wrote before the guard) decodes to what the model's own decoder gives."""
     coder = Coder(model)

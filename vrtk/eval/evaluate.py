@@ -127,15 +127,16 @@ def evaluate_model(wrapped, images: list[EvalImage], lambdas: list[float | None]
                    device="cpu", macs: bool = True, registry=None, progress: bool = False, metrics=METRICS,
                    codec=None, refiner=None):
     """Sweep ``lambdas`` over ``images``; returns (points, per-image records, memory kind). ``codec``: what
-    compresses and decompresses (a vrtk.export.view.CodecView, e.g. on onnxruntime); default the model itself.
+    compresses and decompresses (a vrtk.export.view.CodecView, e.g. on onnxruntime); default the torch view.
     ``refiner``: a vrtk.refine.RefiningCodec that compresses instead (its encode time is what is timed).
     MACs are always counted on the torch model (the decoder's and one encoder pass: not refinement's steps)."""
+    from vrtk.export.view import CodecView
     from vrtk.flops import measure_codec_macs
     from vrtk.plugin_manager import get_registry
 
     registry = registry or get_registry()
     net = wrapped.net.eval()
-    coder = codec if codec is not None else net
+    coder = codec if codec is not None else CodecView(net)  # vrtk's own coding path, as vrtk.api.Coder codes
     memory = PeakMemory(device)
     points, per_image = [], []
     bar = progress_bar(len(lambdas) * len(images), "eval", progress)

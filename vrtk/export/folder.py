@@ -191,7 +191,7 @@ def _transform_inputs(net, names, size: tuple[int, int], lmbda: float | None, re
                for n in names]
     try:
         with use_rate(net, lmbda, registry):
-            CodecView(net).forward(x)
+            CodecView(net, channels_last=False).forward(x)  # the inputs as the graphs get them
     finally:
         for h in handles:
             h.remove()

@@ -1,9 +1,9 @@
 """The codec every backend shares: CompressAI's own compress/decompress/forward with the transforms swapped.
 
 ``CodecView(net)`` runs ``type(net).compress(view, x)`` -- the architecture's unchanged method -- with ``view``
-standing in for ``net``: ``view.g_a`` .. ``view.g_s`` are the torch modules or onnxruntime sessions, the entropy
-bottleneck is the model's own, and the Gaussian conditional is the model's own with its index lookup guarded
-(:mod:`vrtk.export.guard`). Nothing of the codec is rewritten, so the torch and onnxruntime backends write the
+standing in for ``net``: ``view.g_a`` .. ``view.g_s`` are the torch modules (g_a and g_s fed channels-last
+tensors, :data:`CHANNELS_LAST`) or onnxruntime sessions, the entropy bottleneck is the model's own, and the
+Gaussian conditional is the model's own with its index lookup guarded (:mod:`vrtk.export.guard`). Nothing of the codec is rewritten, so the torch and onnxruntime backends write the
 same kind of file and read each other's.
 
 The view is an ``nn.Module`` holding the model as ``net``: :func:`vrtk.rate.use_rate` and the plugins' option hooks
@@ -27,6 +27,10 @@ CODINGS = {
     "mean-scale-hyperprior": (MeanScaleHyperprior, ("g_a", "h_a", "h_s", "g_s")),
 }
 _METHODS = ("compress", "decompress", "forward")
+# The torch backend runs g_a and g_s on channels-last input: oneDNN's CPU convolutions are faster in it (decode about
+# 0.7x, encode 0.8x the time: benchmarks/layout_speed.py) and the reconstruction is the same. h_a and h_s stay NCHW:
+# the scales the decoder looks up must match the encoder's bit for bit, also for files made before.
+CHANNELS_LAST = ("g_a", "g_s")
 
 
 def coding_of(net: nn.Module) -> str | None:
@@ -63,17 +67,31 @@ class GuardedConditional:
         return self._conditional.build_indexes(guarded)
 
 
+class ChannelsLast:
+    """A transform run on channels-last input, its output handed back in the default layout."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            return self.module(x)
+        return self.module(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 class CodecView(nn.Module):
     """``net``'s coding with ``transforms`` ({name: callable}, None = the torch modules) and a guarded lookup.
 
     A model whose coding procedure is not one of :data:`CODINGS` (e.g. mbt2018's autoregressive context) is
-    passed through unchanged (torch only, no guard).
+    passed through unchanged (torch only, no guard). ``channels_last``: run the torch modules of
+    :data:`CHANNELS_LAST` on channels-last input (False: the modules as they are, for comparisons).
     """
 
     def __init__(self, net: nn.Module, transforms: dict | None = None, options: dict | None = None,
-                 margin: float = MARGIN, backend: str = "torch"):
+                 margin: float = MARGIN, backend: str = "torch", channels_last: bool = True):
         super().__init__()
         self.net = net
+        self.channels_last = channels_last
         self.coding = coding_of(net)
         self.backend = backend
         self.options = dict(options or {})
@@ -87,7 +105,8 @@ class CodecView(nn.Module):
     def _transform(self, name: str):
         if self._transforms is not None:
             return self._transforms[name]
-        return getattr(self.net, name)
+        module = getattr(self.net, name)
+        return ChannelsLast(module) if self.channels_last and name in CHANNELS_LAST else module
 
     g_a = property(lambda self: self._transform("g_a"))
     h_a = property(lambda self: self._transform("h_a"))
@@ -156,11 +175,11 @@ class CodecView(nn.Module):
 
 
 def codec_view(wrapped, backend: str = "torch", source=None, options: dict | None = None,
-               threads: int | None = None) -> CodecView:
+               threads: int | None = None, channels_last: bool = True) -> CodecView:
     """The view a :class:`vrtk.api.Coder` codes with. ``onnxruntime`` needs ``source``: a folder made by
     ``vrtk export`` (``wrapped`` is the model saved in it); ``options`` must be those the graphs were made with."""
     if backend == "torch":
-        return CodecView(wrapped.net, options=options)
+        return CodecView(wrapped.net, options=options, channels_last=channels_last)
     if backend == "onnxruntime":
         from vrtk.export.runtime import onnx_transforms
 
