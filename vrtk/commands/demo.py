@@ -86,7 +86,8 @@ def cmd_demo(args) -> int:
     for site in added:
         print(f"    {site.path:<14} {site.plugin:<4} {site.kind:<14} {site.added_params:,} params")
     print("    " + format_param_summary(param_summary(gated.net)))
-    print("next: vrtk eval default --data DIR --n-points 16, or vrtk run ecg-finetune profile=cpu")
+    print("next: vrtk eval default --data DIR --n-points 16, or vrtk run ecg-finetune profile=cpu; "
+          "vrtk compress IMG --refine 20 spends fewer bits for a slower encode")
     return 0
 
 
