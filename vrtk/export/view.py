@@ -3,8 +3,8 @@
 ``CodecView(net)`` runs ``type(net).compress(view, x)`` -- the architecture's unchanged method -- with ``view``
 standing in for ``net``: ``view.g_a`` .. ``view.g_s`` are the torch modules (g_a and g_s fed channels-last
 tensors, :data:`CHANNELS_LAST`) or onnxruntime sessions, the entropy bottleneck is the model's own, and the
-Gaussian conditional is the model's own with its index lookup guarded (:mod:`vrtk.export.guard`). Nothing of the codec is rewritten, so the torch and onnxruntime backends write the
-same kind of file and read each other's.
+Gaussian conditional is the model's own with its index lookup guarded (:mod:`vrtk.export.guard`). Nothing of the
+codec is rewritten, so the torch and onnxruntime backends write the same kind of file and read each other's.
 
 The view is an ``nn.Module`` holding the model as ``net``: :func:`vrtk.rate.use_rate` and the plugins' option hooks
 reach the model's modules through it, and a backend reads the rate from the model's rate modules.
