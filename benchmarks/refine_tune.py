@@ -22,7 +22,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PIXEL_SCALE = 255**2
 
 
 def load_crops(folder: Path, count: int, height: int, width: int):
@@ -41,6 +40,7 @@ def load_crops(folder: Path, count: int, height: int, width: int):
 
 def measure(coder, image, lmbda: float) -> dict:
     """Real file size, decoded PSNR and real RD cost of one image at one rate; encode seconds."""
+    from vrtk.refine import PIXEL_SCALE
     start = time.perf_counter()
     data = coder.encode(image, lmbda)
     seconds = time.perf_counter() - start
