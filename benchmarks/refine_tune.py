@@ -40,7 +40,7 @@ def load_crops(folder: Path, count: int, height: int, width: int):
 
 def measure(coder, image, lmbda: float) -> dict:
     """Real file size, decoded PSNR and real RD cost of one image at one rate; encode seconds."""
-    from vrtk.refine import PIXEL_SCALE
+    from vrtk.codec import PIXEL_SCALE
     start = time.perf_counter()
     data = coder.encode(image, lmbda)
     seconds = time.perf_counter() - start

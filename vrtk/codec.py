@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from vrtk.rate import use_rate
 
 PAD_MULTIPLE = 64  # g_a downsamples by 16 and h_a by 4 in every CompressAI image architecture
+PIXEL_SCALE = 255**2  # CompressAI's RateDistortionLoss: lambda * 255^2 * MSE
 
 
 def pad(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -23,6 +24,13 @@ def pad(x: torch.Tensor, multiple: int = PAD_MULTIPLE) -> tuple[torch.Tensor, tu
 
 def unpad(x: torch.Tensor, unpadding) -> torch.Tensor:
     return F.pad(x, unpadding)
+
+
+def straight_through_round(values: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """``round(values - offset) + offset`` as the coder rounds, with the identity's gradient (straight through)."""
+    centred = values - offset if offset is not None else values
+    rounded = centred + (torch.round(centred) - centred).detach()
+    return rounded + offset if offset is not None else rounded
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vrtk.codec import PIXEL_SCALE, straight_through_round
 from vrtk.errors import VrtkError
 
 ENCODER_TRANSFORMS = ("g_a", "h_a")  # the transforms whose outputs are refined, where the coding calls them
 DEFAULT_LR = 1e-2  # Adam on latents in units of quantisation bins; tuned on training photos (benchmarks/refine_tune.py)
 MAX_STEPS = 10_000
-PIXEL_SCALE = 255**2  # CompressAI's RateDistortionLoss: lambda * 255^2 * MSE
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,7 @@ def straight_through_rounding(entropy_models) -> Iterator[None]:
 def _straight_through_quantize(self, inputs, mode, means=None):
     if mode != "dequantize":
         return type(self).quantize(self, inputs, mode, means)
-    centred = inputs - means if means is not None else inputs
-    rounded = centred + (torch.round(centred) - centred).detach()
-    return rounded + means if means is not None else rounded
+    return straight_through_round(inputs, means)
 
 
 @contextlib.contextmanager

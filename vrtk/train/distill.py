@@ -22,11 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vrtk.codec import PIXEL_SCALE
 from vrtk.errors import RecipeError
 from vrtk.model import WrappedModel
 from vrtk.rate import use_rate
-
-PIXEL_SCALE = 255**2  # CompressAI's RateDistortionLoss: lambda * 255^2 * MSE
 
 
 @contextmanager

@@ -57,6 +57,7 @@ class RunConfig:
     ema: float = 0.0  # decay of timm's ModelEmaV3, 0 = off
     distill: float = 0.0  # not in the paper: weight of MSE(x_hat, the starting model's x_hat) (train/distill.py)
     distill_latent: float = 0.0  # not in the paper: weight of MSE(y, the starting model's y)
+    quantization: str = "noise"  # noise: CompressAI, the paper; mixed: decoder gets rounded latents (not the paper)
     # bookkeeping
     seed: int = 0
     threads: int = 0  # 0 = torch's default

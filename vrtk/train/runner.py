@@ -31,6 +31,7 @@ from vrtk.model import WrappedModel, extend, load_model, model_folder, save_mode
 from vrtk.plugin_manager import get_registry
 from vrtk.rate import use_rate
 from vrtk.train.distill import Teacher
+from vrtk.train.quantization import check_mixed_supported, check_quantization, training_quantization
 from vrtk.train.recipe import RunConfig, default_out_dir
 from vrtk.zoo import COMPRESSAI_MSE_LAMBDAS, COMPRESSAI_MSSSIM_LAMBDAS, BaseSpec
 
@@ -200,6 +201,8 @@ class Trainer:
         self.wrapped.lambdas = sorted(lambdas)
         self.wrapped.metric = config.distortion
         self.net = self.wrapped.net.to(self.device).train()
+        if config.quantization == "mixed":
+            check_mixed_supported(self.net)
         self.registry = get_registry()
         self.forward_net = self._maybe_ddp(self.net)
         self.sampler = self._make_sampler()
@@ -331,7 +334,8 @@ class Trainer:
         record: dict = {}
         for lmbda in self._pick_lambdas():
             seen: dict = {}
-            with use_rate(self.net, lmbda, self.registry), self._precision(), self._watched(seen):
+            with use_rate(self.net, lmbda, self.registry), training_quantization(self.net, self.config.quantization), \
+                    self._precision(), self._watched(seen):
                 out = self.forward_net(x)
             if self.autocast:  # the distortion in float32, against the float32 input
                 out = {**out, "x_hat": out["x_hat"].float()}
@@ -451,7 +455,8 @@ class Trainer:
             self.net.eval()
             self.net.update(force=True)
             self.wrapped.extra["training"] = {"recipe": self.config.recipe, "profile": self.config.profile,
-                                              "steps": self.step, "lambdas": self.lambdas}
+                                              "steps": self.step, "lambdas": self.lambdas,
+                                              "quantization": self.config.quantization}
             save_model(self.wrapped, model_dir)
         return model_dir
 
@@ -497,6 +502,7 @@ def run_recipe(config: RunConfig, resume: bool = False, progress: bool = True, a
     """Run a resolved recipe; returns the model folders it produced."""
     check_code_reference(config, allow_code, get_registry())
     check_precision(config.precision)  # before the run directory is made
+    check_quantization(config.quantization)
     if config.threads:
         torch.set_num_threads(config.threads)
     dist_info = init_distributed(pick_device(config.device))
