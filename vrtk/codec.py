@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import types
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +34,20 @@ def straight_through_round(values: torch.Tensor, offset: torch.Tensor | None = N
     centred = values - offset if offset is not None else values
     rounded = centred + (torch.round(centred) - centred).detach()
     return rounded + offset if offset is not None else rounded
+
+
+@contextlib.contextmanager
+def method_patched(objects: Iterable, name: str, function) -> Iterator[None]:
+    """Within the block, each object's method ``name`` is ``function`` bound to it (an instance attribute, removed
+    after): how vrtk changes what CompressAI's entropy models do without editing their classes."""
+    objects = list(objects)
+    for obj in objects:
+        setattr(obj, name, types.MethodType(function, obj))
+    try:
+        yield
+    finally:
+        for obj in objects:
+            delattr(obj, name)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from vrtk.codec import PIXEL_SCALE, straight_through_round
+from vrtk.codec import PIXEL_SCALE, method_patched, straight_through_round
 from vrtk.errors import VrtkError
 
 ENCODER_TRANSFORMS = ("g_a", "h_a")  # the transforms whose outputs are refined, where the coding calls them
@@ -87,16 +86,9 @@ def check_refinable(wrapped, view) -> None:
         raise VrtkError(f"refinement needs gradients: use the torch backend, not {view.backend}")
 
 
-@contextlib.contextmanager
-def straight_through_rounding(entropy_models) -> Iterator[None]:
+def straight_through_rounding(entropy_models):
     """CompressAI's eval forward rounds (``dequantize``) with a zero gradient; round with the identity's instead."""
-    for model in entropy_models:
-        model.quantize = types.MethodType(_straight_through_quantize, model)
-    try:
-        yield
-    finally:
-        for model in entropy_models:
-            del model.quantize
+    return method_patched(entropy_models, "quantize", _straight_through_quantize)
 
 
 def _straight_through_quantize(self, inputs, mode, means=None):

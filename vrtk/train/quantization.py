@@ -11,14 +11,13 @@ compression", section 3.2). Not in Yin et al.; opt-in (``quantization=mixed``).
 from __future__ import annotations
 
 import contextlib
-import types
 from collections.abc import Iterator
 
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import nn
 
-from vrtk.codec import straight_through_round
+from vrtk.codec import method_patched, straight_through_round
 from vrtk.errors import RecipeError
 
 QUANTIZATIONS = ("noise", "mixed")
@@ -48,13 +47,8 @@ def training_quantization(net: nn.Module, name: str) -> Iterator[None]:
         yield
         return
     models = [m for m in net.modules() if isinstance(m, (EntropyBottleneck, GaussianConditional))]
-    for model in models:
-        model.forward = types.MethodType(_mixed_forward, model)
-    try:
+    with method_patched(models, "forward", _mixed_forward):
         yield
-    finally:
-        for model in models:
-            del model.forward
 
 
 def _mixed_forward(self, inputs, *args, **kwargs):
