@@ -2,10 +2,10 @@
 
 CompressAI trains with ``y + U(-0.5, 0.5)`` everywhere: the rate is estimated on the noisy latent and the decoder
 learns to reconstruct from it. At test time the decoder gets ``round(y - mean) + mean`` instead, a latent it never
-saw in training. ``mixed`` keeps the noisy latent for the likelihoods (the rate term is unchanged) and hands the
-decoder -- ``h_s`` for ``z``, ``g_s`` for ``y`` -- exactly the rounded latent it decodes at test time, with a
-straight-through gradient (Minnen & Singh 2020, "Channel-wise autoregressive entropy models for learned image
-compression", section 3.2). Not in Yin et al.; opt-in (``quantization=mixed``).
+saw in training. ``mixed`` keeps the noisy latents for the likelihoods and hands the decoders -- ``h_s`` for
+``z``, ``g_s`` for ``y`` -- exactly the rounded latents they decode at test time, with a straight-through gradient
+(so ``y``'s scales, too, come from the rounded ``z``, as when decoding). As in Minnen & Singh 2020, "Channel-wise
+autoregressive entropy models for learned image compression". Not in Yin et al.; opt-in (``quantization=mixed``).
 """
 
 from __future__ import annotations
