@@ -11,9 +11,9 @@ autoregressive entropy models for learned image compression". Not in Yin et al.;
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 
-import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import nn
 
@@ -54,19 +54,12 @@ def training_quantization(net: nn.Module, name: str) -> Iterator[None]:
 def _mixed_forward(self, inputs, *args, **kwargs):
     """The entropy model's own forward for the likelihoods; the decoder's input rounded as the coder rounds it."""
     outputs, likelihoods = type(self).forward(self, inputs, *args, **kwargs)
-    training = kwargs.get("training", args[-1] if _training_given_positionally(self, args) else None)
+    call = inspect.signature(type(self).forward).bind(self, inputs, *args, **kwargs).arguments
+    training = call.get("training")
     if not (self.training if training is None else training):
         return outputs, likelihoods
-    return straight_through_round(inputs, _rounding_offset(self, inputs, args, kwargs)), likelihoods
-
-
-def _training_given_positionally(model, args) -> bool:
-    # EntropyBottleneck.forward(x, training), GaussianConditional.forward(inputs, scales, means, training)
-    return len(args) == (1 if isinstance(model, EntropyBottleneck) else 3)
-
-
-def _rounding_offset(model, inputs, args, kwargs) -> torch.Tensor | None:
-    """What the coder subtracts before rounding: the bottleneck's medians, the conditional's means (if any)."""
-    if isinstance(model, EntropyBottleneck):
-        return model._get_medians().detach().reshape(1, -1, *([1] * (inputs.dim() - 2)))
-    return kwargs.get("means", args[1] if len(args) > 1 else None)
+    if isinstance(self, EntropyBottleneck):  # the coder rounds z around the bottleneck's medians
+        offset = self._get_medians().detach().reshape(1, -1, *([1] * (inputs.dim() - 2)))
+    else:  # and y around the conditional's means, if it has any
+        offset = call.get("means")
+    return straight_through_round(inputs, offset), likelihoods
