@@ -53,10 +53,17 @@ def test_the_distortion_reaches_the_encoder_through_the_rounding(tiny_spec):
 def test_the_entropy_models_are_restored_and_nest_with_bf16_autocast(tiny_spec):
     net = wrap(tiny_spec, []).net.train()
     models = [m for m in net.modules() if isinstance(m, EntropyModel)]
+    x = torch.rand(1, 3, 64, 64)
     with training_quantization(net, "mixed"), bf16_autocast(net, "cpu"):
-        out = net(torch.rand(1, 3, 64, 64))
+        out = net(x)
     assert torch.isfinite(out["x_hat"]).all()
     assert models and all("forward" not in m.__dict__ for m in models)
+    with bf16_autocast(net, "cpu"):  # the other order: mixed inside, bf16's fp32 wrapper back after it
+        wrapper = [m.forward for m in models]
+        with training_quantization(net, "mixed"):
+            net(x)
+        assert [m.forward for m in models] == wrapper
+    assert all("forward" not in m.__dict__ for m in models)
 
 
 def test_an_explicit_eval_call_is_left_alone(tiny_spec):

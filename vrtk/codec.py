@@ -38,16 +38,24 @@ def straight_through_round(values: torch.Tensor, offset: torch.Tensor | None = N
 
 @contextlib.contextmanager
 def method_patched(objects: Iterable, name: str, function) -> Iterator[None]:
-    """Within the block, each object's method ``name`` is ``function`` bound to it (an instance attribute, removed
-    after): how vrtk changes what CompressAI's entropy models do without editing their classes."""
+    """Within the block, each object's method ``name`` is ``function`` bound to it (an instance attribute; after it,
+    the instance attribute that was there before, if any, is back): how vrtk changes what CompressAI's entropy
+    models do without editing their classes, nesting with other such patches in either order."""
     objects = list(objects)
+    previous = [obj.__dict__.get(name, _ABSENT) for obj in objects]
     for obj in objects:
         setattr(obj, name, types.MethodType(function, obj))
     try:
         yield
     finally:
-        for obj in objects:
-            delattr(obj, name)
+        for obj, before in zip(objects, previous, strict=True):
+            if before is _ABSENT:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, before)
+
+
+_ABSENT = object()
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
