@@ -243,8 +243,10 @@ def check_training_command(cmd: list[str]) -> str:
     return f"  # ecg beyond the defaults: {changed or 'none (the paper)'}"
 
 
-def table(results: Path) -> tuple[str, list[dict]]:
-    """Rows of vrtk's Compute table for the variants present, against the fixed-rate reference curve."""
+def table(results: Path, reference_group: str = REFERENCE_GROUP, gated_only: bool = False) -> tuple[str, list[dict]]:
+    """Rows of vrtk's Compute table for the variants present (with ``gated_only``, the gated ones), against the
+    fixed-rate reference curve (the study's group by default; ``benchmarks/reproduce.py`` names its set
+    ``fixed-rate``)."""
     from vrtk.eval.report import find_curve, flops_table, load_curves
 
     files = [str(p) for p in sorted(results.glob("*.json")) if p.name != "summary.json"]
@@ -252,10 +254,11 @@ def table(results: Path) -> tuple[str, list[dict]]:
         return "no results yet", []
     curves = load_curves(files)
     try:
-        reference = find_curve(curves, REFERENCE_GROUP)
+        reference = find_curve(curves, reference_group)
     except Exception:
         reference = None
-    rows = [r for r in flops_table(curves, reference) if reference is None or r["curve"] != reference.label]
+    rows = [r for r in flops_table(curves, reference) if (reference is None or r["curve"] != reference.label)
+            and (not gated_only or r["mean_sparsity"] is not None)]
 
     def cell(value, spec):
         return format(value, spec) if value is not None else "-"

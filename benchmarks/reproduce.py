@@ -14,12 +14,12 @@ all 24 Kodak images. Every command run is printed and appended to ``<results>/co
 How far is a retrained result from the committed one? Training is deterministic on one machine (same seed,
 threads=1) but not across machines (float summation order differs between CPUs and builds), so a rerun elsewhere
 lands near, not on, the committed numbers. When an evaluation regenerates a JSON that git has committed (or, for
-results written outside the repository, one whose name the committed ``results/kodak`` has), the difference is
-printed right after it; ``--compare DIR`` compares every results JSON in ``--results`` with the one of the same
-name in DIR (and runs nothing)::
+results written outside the repository, one whose name the committed ``results/kodak-v0.7/paper-cpu`` has), the
+difference is printed right after it; ``--compare DIR`` compares every results JSON in ``--results`` with the one
+of the same name in DIR (and runs nothing)::
 
     python benchmarks/reproduce.py --results /tmp/fresh --stages ecg-0.0035,ecg-0.0035-eval
-    python benchmarks/reproduce.py --results /tmp/fresh --compare results/kodak
+    python benchmarks/reproduce.py --results /tmp/fresh --compare results/kodak-v0.7/paper-cpu
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ ECG_REPORT_INPUTS = (*[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-bm", "bm",
                      *[f"fixed-{lam}" for lam in FIXED_LAMBDAS])
 KNOB_SPEED_SCALES = ("2", "4")
 REFERENCES = ("compressai-bmshj2018-hyperprior_mse_cuda.json", "bmshj2018-hyperprior-vbr-ans.json")
-COMMITTED_RESULTS = "results/kodak"  # what results written outside the repository are compared with
+COMMITTED_RESULTS = "results/kodak-v0.7/paper-cpu"  # what results written outside the repository are compared with
 
 
 def stages(runs: Path, results: Path, kodak: Path, train: Path | str, threads: int = 2, overrides: tuple = ()
@@ -312,8 +312,9 @@ def report_against_commit(target: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default="runs/reproduce", help="where models are trained (not committed)")
-    parser.add_argument("--results", default="results/kodak", help="where JSON results and the report go")
+    parser.add_argument("--runs", default=str(Path.home() / ".cache" / "vrtk" / "runs" / "reproduce"),
+                        help="where models are trained (a cache folder, not committed)")
+    parser.add_argument("--results", default=COMMITTED_RESULTS, help="where JSON results and the report go")
     parser.add_argument("--kodak", default=str(DATA / "kodak"))
     parser.add_argument("--train", default=str(DATA / "photos-train"))
     parser.add_argument("--stages", default="", help="comma-separated stage names (default: all)")
@@ -343,9 +344,10 @@ def main() -> int:
             print(f"{name:<21} {state:<23} ({done})")
         return 0
     results.mkdir(parents=True, exist_ok=True)
-    for name, commands, _ in plan:
-        if name not in to_run:
-            continue
+    for name in to_run:
+        # planned again as each stage starts: a report lists the results present now, made by earlier stages too
+        commands = next(c for n, c, _ in stages(runs, results, Path(args.kodak), args.train, args.threads,
+                                                tuple(args.override)) if n == name)
         for entry in commands:
             cmd, capture = unpack(entry)
             target = Path(cmd[cmd.index("-o") + 1]) if "-o" in cmd and "eval" in cmd else capture

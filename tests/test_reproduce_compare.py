@@ -68,13 +68,15 @@ def test_compare_mode_walks_both_folders(reproduce, tmp_path):
     ["git", "-C", str(REPO), "cat-file", "-e", "HEAD:results/kodak/jpeg.json"], capture_output=True).returncode != 0,
     reason="needs the git checkout with the committed results")
 def test_a_regenerated_result_is_compared_with_git_head(reproduce, tmp_path, capsys):
-    committed = json.loads(subprocess.run(["git", "-C", str(REPO), "show", "HEAD:results/kodak/jpeg.json"],
+    committed_path = f"{reproduce.COMMITTED_RESULTS}/jpeg.json"
+    committed = json.loads(subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{committed_path}"],
                                           capture_output=True, text=True, check=True).stdout)
-    assert reproduce.committed_version(REPO / "results" / "kodak" / "jpeg.json") == committed
+    assert reproduce.committed_version(REPO / committed_path) == committed
     assert reproduce.committed_version(tmp_path / "jpeg.json") is None  # outside the repository
     committed["results"]["psnr-rgb"][0] += 0.5
     (tmp_path / "jpeg.json").write_text(json.dumps(committed))
-    reproduce.report_against_commit(tmp_path / "jpeg.json")  # outside: the committed results/kodak file of that name
+    reproduce.report_against_commit(tmp_path / "jpeg.json")  # outside: the committed results file of that name
     out = capsys.readouterr().out
-    assert out.startswith("jpeg.json vs results/kodak/jpeg.json at git HEAD: 19 point(s) in common")
+    points = len(committed["results"]["bpp"])
+    assert out.startswith(f"jpeg.json vs {committed_path} at git HEAD: {points} point(s) in common")
     assert "(+0.500 dB)" in out and "largest difference: 0.00 % bpp, 0.500 dB PSNR" in out

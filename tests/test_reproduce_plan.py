@@ -54,3 +54,24 @@ def test_the_ecg_study_runs_only_when_named_and_writes_under_results(reproduce, 
     (command,), done = next((c, d) for name, c, d in plan if name == "ecg-study")
     assert command[1].endswith("ecg_study.py") and done == tmp_path / "results" / "ecg-study" / "table.md"
     assert command[command.index("--results") + 1] == str(tmp_path / "results" / "ecg-study")
+
+
+def test_a_report_lists_the_results_made_earlier_in_the_same_run(reproduce, tmp_path, monkeypatch):
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    (runs / "bm" / "model").mkdir(parents=True)  # trained; its evaluation is still to do
+    ran = []
+
+    def run_command(entry, results_dir, dry_run):
+        cmd, _ = reproduce.unpack(entry)
+        ran.append(cmd)
+        if "eval" in cmd:
+            Path(cmd[cmd.index("-o") + 1]).write_text("{}")
+        return True
+
+    monkeypatch.setattr(reproduce, "run_command", run_command)
+    monkeypatch.setattr(reproduce, "report_against_commit", lambda target: None)
+    monkeypatch.setattr("sys.argv", ["reproduce.py", "--runs", str(runs), "--results", str(results),
+                                     "--stages", "bm-eval,report"])
+    assert reproduce.main() == 0
+    report = next(cmd for cmd in ran if cmd[:2] == ["vrtk", "report"])
+    assert str(results / "bm.json") in report  # planned before bm-eval ran, it would have missed it
