@@ -330,7 +330,10 @@ def main() -> int:
     if args.compare:
         print("\n".join(compare_folders(results, Path(args.compare))))
         return 0
-    plan = stages(runs, results, Path(args.kodak), args.train, args.threads, tuple(args.override))
+    def planned():
+        return stages(runs, results, Path(args.kodak), args.train, args.threads, tuple(args.override))
+
+    plan = planned()
     wanted = [s for s in args.stages.split(",") if s]
     unknown = set(wanted) - {name for name, _, _ in plan}
     if unknown:
@@ -346,8 +349,7 @@ def main() -> int:
     results.mkdir(parents=True, exist_ok=True)
     for name in to_run:
         # planned again as each stage starts: a report lists the results present now, made by earlier stages too
-        commands = next(c for n, c, _ in stages(runs, results, Path(args.kodak), args.train, args.threads,
-                                                tuple(args.override)) if n == name)
+        commands = next(c for n, c, _ in planned() if n == name)
         for entry in commands:
             cmd, capture = unpack(entry)
             target = Path(cmd[cmd.index("-o") + 1]) if "-o" in cmd and "eval" in cmd else capture
