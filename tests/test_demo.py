@@ -16,3 +16,13 @@ def test_demo_codes_an_image_and_compares_with_jpeg(tmp_path):
     assert "JPEG" in out and "WebP" in out and "target 0.3 bpp" in out and "trainable params" in out
     code, _, err = run_cli("demo", "--out", str(tmp_path / "demo"))
     assert code == 2 and "--force" in err  # never writes over earlier outputs silently
+
+
+def test_the_demo_sums_up_a_long_command_chain():
+    from vrtk.commands.demo import provenance
+
+    assert provenance("vrtk run bm-finetune steps=10") == "made by `vrtk run bm-finetune steps=10`"
+    chain = " && ".join(["vrtk run bm-finetune steps=9000"] * 20) + "; 180,000 steps in all"
+    summary = provenance(chain)
+    assert summary.startswith("made by 180,000 steps in all") and "config.json" in summary and len(summary) < 120
+    assert "x" * 300 + "..." in provenance("x" * 400)  # no closing remark: cut, and said where the rest is

@@ -2,7 +2,7 @@
 
 import warnings
 
-__version__ = "0.7.1"
+__version__ = "0.8.0"
 
 # CompressAI imports torch.jit.script at import time, which warns on every command.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit.*")

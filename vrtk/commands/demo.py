@@ -47,6 +47,15 @@ def _anchor_text(tensor, size: int, pixels: int) -> str:
     return " | ".join(parts)
 
 
+def provenance(made_by: str, limit: int = 300) -> str:
+    """How the model was made, short enough for a terminal: a long command chain (the embedded default's runs
+    since v0.2) is summed up by its closing remark after the last '; ', and the full text is where to look."""
+    if len(made_by) <= limit:
+        return f"made by `{made_by}`"
+    summary = made_by.rsplit("; ", 1)[-1] if "; " in made_by else made_by[:limit] + "..."
+    return f"made by {summary} (the whole command chain: `made_by` in the model's config.json)"
+
+
 def cmd_demo(args) -> int:
     from vrtk.api import Coder
     from vrtk.codec import psnr
@@ -63,7 +72,7 @@ def cmd_demo(args) -> int:
     lo, hi = min(wrapped.lambdas), max(wrapped.lambdas)
     plugins = ", ".join(p.name for p in wrapped.plugins)
     print(f"embedded default: {wrapped.base.arch} {wrapped.base.arch_kwargs} + {plugins}, one model for lambda "
-          f"{lo:g}..{hi:g}, made by `{wrapped.extra.get('made_by', '?')}`")
+          f"{lo:g}..{hi:g}, {provenance(wrapped.extra.get('made_by', '?'))}")
     image = load_image(args.image)
     width, height = image.size
     pixels = width * height
