@@ -14,12 +14,12 @@ all 24 Kodak images. Every command run is printed and appended to ``<results>/co
 How far is a retrained result from the committed one? Training is deterministic on one machine (same seed,
 threads=1) but not across machines (float summation order differs between CPUs and builds), so a rerun elsewhere
 lands near, not on, the committed numbers. When an evaluation regenerates a JSON that git has committed (or, for
-results written outside the repository, one whose name the committed ``results/kodak-v0.7/paper-cpu`` has), the
+results written outside the repository, one whose name the committed ``results/kodak-v0.8/paper-cpu`` has), the
 difference is printed right after it; ``--compare DIR`` compares every results JSON in ``--results`` with the one
 of the same name in DIR (and runs nothing)::
 
     python benchmarks/reproduce.py --results /tmp/fresh --stages ecg-0.0035,ecg-0.0035-eval
-    python benchmarks/reproduce.py --results /tmp/fresh --compare results/kodak-v0.7/paper-cpu
+    python benchmarks/reproduce.py --results /tmp/fresh --compare results/kodak-v0.8/paper-cpu
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ ECG_REPORT_INPUTS = (*[f"ecg-{lam:g}" for lam in ECG_LAMBDAS], "ecg-bm", "bm",
                      *[f"fixed-{lam}" for lam in FIXED_LAMBDAS])
 KNOB_SPEED_SCALES = ("2", "4")
 REFERENCES = ("compressai-bmshj2018-hyperprior_mse_cuda.json", "bmshj2018-hyperprior-vbr-ans.json")
-COMMITTED_RESULTS = "results/kodak-v0.7/paper-cpu"  # what results written outside the repository are compared with
+COMMITTED_RESULTS = "results/kodak-v0.8/paper-cpu"  # what results written outside the repository are compared with
 
 
 def stages(runs: Path, results: Path, kodak: Path, train: Path | str, threads: int = 2, overrides: tuple = ()

@@ -65,7 +65,7 @@ def test_compare_mode_walks_both_folders(reproduce, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("git") is None or subprocess.run(
-    ["git", "-C", str(REPO), "cat-file", "-e", "HEAD:results/kodak-v0.7/paper-cpu/jpeg.json"],
+    ["git", "-C", str(REPO), "cat-file", "-e", "HEAD:results/kodak-v0.8/paper-cpu/jpeg.json"],
     capture_output=True).returncode != 0,
     reason="needs the git checkout with the committed results")
 def test_a_regenerated_result_is_compared_with_git_head(reproduce, tmp_path, capsys):
